@@ -1,0 +1,98 @@
+"""make demo: the site on local test hosts. `python -m hepinfra_testbed.demo up|clean`.
+
+Starts the demo hosts (podman containers running systemd), writes an inventory for them and
+runs playbooks/site.yml against it, then prints what was deployed and how to reach it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from . import podman
+from .common import LABEL, TestbedError, log
+
+NETWORK = "hepinfra-demo"
+REPO = Path(__file__).resolve().parents[3]
+WORKDIR = REPO / ".tmp" / "demo"
+
+# Host name -> (image, inventory groups). Groups are the ones playbooks/site.yml deploys by.
+HOSTS: dict[str, tuple[str, list[str]]] = {
+    "demo-head": ("trixie", ["htcondor_central_manager", "htcondor_submit"]),
+    "demo-squid": ("trixie", ["squid"]),
+}
+
+
+def inventory() -> dict:
+    groups: dict[str, dict] = {}
+    for name, (_, host_groups) in HOSTS.items():
+        for group in host_groups:
+            groups.setdefault(group, {"hosts": {}})["hosts"][name] = {}
+    return {
+        "all": {
+            "vars": {
+                "ansible_connection": "containers.podman.podman",
+                "ansible_python_interpreter": "/usr/bin/python3",
+            },
+            "children": groups,
+        }
+    }
+
+
+def up() -> int:
+    started = time.monotonic()
+    WORKDIR.mkdir(parents=True, exist_ok=True)
+    podman.network_up(NETWORK)
+    for name, (image, _) in HOSTS.items():
+        podman.host_up(name, image=image, network=NETWORK, extra=["--label", f"{LABEL}.demo=1"])
+    inventory_file = WORKDIR / "inventory.yml"
+    inventory_file.write_text(yaml.safe_dump(inventory(), sort_keys=False))
+    log(f"running playbooks/site.yml against {inventory_file.relative_to(REPO)}")
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR=os.environ.get("ANSIBLE_FORCE_COLOR", "1"))
+    playbook = subprocess.run(
+        [str(Path(sys.executable).parent / "ansible-playbook"), "-i", str(inventory_file), "hepinfra.cloud.site"],
+        cwd=REPO, env=env, check=False,
+    )
+    if playbook.returncode != 0:
+        log("site.yml failed; the hosts are left running for inspection ('make demo-clean' removes them)")
+        return playbook.returncode
+    elapsed = time.monotonic() - started
+    print()
+    print(f"hepinfra.cloud demo site is up ({elapsed:.0f} s)")
+    print(f"  inventory: {inventory_file.relative_to(REPO)}")
+    for name, (image, groups) in HOSTS.items():
+        print(f"  {name:<12} Debian {image:<9} groups: {', '.join(groups)}")
+    print("  deployed:  hepinfra.cloud.common (baseline packages, UTC time zone, journal limits)")
+    print(f"  reach a host:  CONTAINERS_CONF={podman.containers_conf()} podman exec -it demo-head bash")
+    print("  remove it all: make demo-clean")
+    return 0
+
+
+def clean() -> int:
+    for name in HOSTS:
+        podman.host_down(name)
+    names = podman.podman("network", "ls", "--filter", f"label={LABEL}", "--format", "{{.Name}}").stdout.split()
+    if NETWORK in names:
+        podman.podman("network", "rm", "-f", NETWORK)
+    log("demo removed")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv[1:] not in (["up"], ["clean"]):
+        print("usage: python -m hepinfra_testbed.demo up|clean", file=sys.stderr)
+        return 2
+    try:
+        return up() if argv[1] == "up" else clean()
+    except TestbedError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv))

@@ -1,0 +1,6 @@
+"""Make the testbed package importable when pytest runs outside the Makefile."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
