@@ -70,7 +70,7 @@ $(TMP)/collections.stamp: tests/collections.txt tests/tools/vendor_collections.p
 collection:
 	@rm -rf $(COLLECTION).new && mkdir -p $(COLLECTION).new
 	@git ls-files -z --cached --others --exclude-standard | \
-		rsync -a --from0 --files-from=- ./ $(COLLECTION).new/
+		rsync -a --ignore-missing-args --from0 --files-from=- ./ $(COLLECTION).new/
 	@rm -rf $(COLLECTION) && mv $(COLLECTION).new $(COLLECTION)
 
 .PHONY: lock

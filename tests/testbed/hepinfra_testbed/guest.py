@@ -220,7 +220,7 @@ def domain_name(name: str) -> str:
 
 
 def _domain_xml(name: str, files: dict[str, Path], overlay: Path, seed: Path, console: Path,
-                memory_mib: int, network: str | None) -> str:
+                memory_mib: int, vcpus: int, network: str | None) -> str:
     interface = (
         f"<interface type='network'><source network='{escape(network)}'/><model type='virtio'/></interface>"
         if network else ""
@@ -229,7 +229,8 @@ def _domain_xml(name: str, files: dict[str, Path], overlay: Path, seed: Path, co
   <name>{escape(domain_name(name))}</name>
   <metadata><tb:testbed xmlns:tb='{LIBVIRT_NS}'>{escape(name)}</tb:testbed></metadata>
   <memory unit='MiB'>{memory_mib}</memory>
-  <vcpu>1</vcpu>
+  <vcpu>{vcpus}</vcpu>
+  <features><acpi/><apic/></features>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{escape(str(files['kernel']))}</kernel>
@@ -284,7 +285,7 @@ def _owned_domain(conn, name: str):
 
 
 def guest_up(name: str, *, user_data: str | None = None, memory_mib: int = 1024,
-             network: str | None = None, extra_packages: tuple[str, ...] = ()) -> str:
+             vcpus: int = 2, network: str | None = None, extra_packages: tuple[str, ...] = ()) -> str:
     """Define and start a guest on an overlay of the golden image; return the domain name."""
     files = guest_image(extra_packages)
     daemon_up()
@@ -303,7 +304,7 @@ def guest_up(name: str, *, user_data: str | None = None, memory_mib: int = 1024,
         seed = workdir / "seed.img"
         run(["cloud-localds", seed, workdir / "user-data", workdir / "meta-data"])
         console = workdir / "console.log"
-        xml = _domain_xml(name, files, overlay, seed, console, memory_mib, network)
+        xml = _domain_xml(name, files, overlay, seed, console, memory_mib, vcpus, network)
         log(f"starting guest {domain_name(name)} (TCG, boots in about a minute)")
         dom = conn.defineXML(xml)
         dom.create()
