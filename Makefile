@@ -65,12 +65,14 @@ $(TMP)/collections.stamp: tests/collections.txt tests/tools/vendor_collections.p
 	@touch $@
 
 # ansible-test needs the collection at .../ansible_collections/hepinfra/cloud; a symlink is not
-# enough (it resolves the working directory), so the files git sees are copied there afresh.
+# enough (it resolves the working directory), so the files git sees are copied there afresh,
+# into a git repository of their own (ansible-test lists files with git, and .tmp is ignored here).
 .PHONY: collection
 collection:
 	@rm -rf $(COLLECTION).new && mkdir -p $(COLLECTION).new
 	@git ls-files -z --cached --others --exclude-standard | \
 		rsync -a --ignore-missing-args --from0 --files-from=- ./ $(COLLECTION).new/
+	@cd $(COLLECTION).new && git init -q && git add -A
 	@rm -rf $(COLLECTION) && mv $(COLLECTION).new $(COLLECTION)
 
 .PHONY: lock

@@ -134,19 +134,27 @@ class HepinfraModule:
         return outcome
 
     def fail(self, message: str, target: str | None = None, hint: str | None = None, **details: Any) -> None:
-        self.module.fail_json(msg=format_error(message, target, hint), **details)
+        self._fail(format_error(message, target, hint), details)
+
+    def _fail(self, message: str, details: dict[str, Any]) -> None:
+        # Client libraries like to quote the request they sent; a secret option must never
+        # reach the output even when the message was not built here.
+        for secret in sorted(self.module.no_log_values, key=len, reverse=True):
+            if secret:
+                message = message.replace(secret, "********")
+        self.module.fail_json(msg=message, **details)
 
     def execute(self) -> None:
         """Run the module and exit through exit_json or fail_json."""
         try:
             outcome = self.run()
         except HepinfraError as exc:
-            self.module.fail_json(msg=str(exc), **exc.details)
+            self._fail(str(exc), exc.details)
         except Exception as exc:  # pylint: disable=broad-exception-caught
             for exc_class, translate in self.error_translations:
                 if isinstance(exc, exc_class):
                     error = translate(exc)
-                    self.module.fail_json(msg=str(error), **error.details)
+                    self._fail(str(error), error.details)
             raise
         if "changed" not in outcome:
             raise ValueError("%s.run() returned a result without 'changed'" % type(self).__name__)

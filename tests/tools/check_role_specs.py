@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Check that every role's meta/argument_specs.yml documents exactly its defaults, key for key.
 
 Also checks that each documented default equals the value in defaults/main.yml, and that

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Unpack the collections listed in tests/collections.txt from the `ansible` wheel on PyPI.
 
 Usage: vendor_collections.py LIST DEST_COLLECTIONS_DIR WHEEL_CACHE_DIR

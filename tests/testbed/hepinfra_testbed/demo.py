@@ -30,7 +30,7 @@ HOSTS: dict[str, tuple[str, list[str]]] = {
 
 def inventory() -> dict:
     groups: dict[str, dict] = {}
-    for name, (_, host_groups) in HOSTS.items():
+    for name, (_image, host_groups) in HOSTS.items():
         for group in host_groups:
             groups.setdefault(group, {"hosts": {}})["hosts"][name] = {}
     return {
@@ -48,7 +48,7 @@ def up() -> int:
     started = time.monotonic()
     WORKDIR.mkdir(parents=True, exist_ok=True)
     podman.network_up(NETWORK)
-    for name, (image, _) in HOSTS.items():
+    for name, (image, _groups) in HOSTS.items():
         podman.host_up(name, image=image, network=NETWORK, extra=["--label", f"{LABEL}.demo=1"])
     inventory_file = WORKDIR / "inventory.yml"
     inventory_file.write_text(yaml.safe_dump(inventory(), sort_keys=False))

@@ -339,10 +339,12 @@ def guest_exec(name: str, argv: list[str], timeout: float = 300) -> tuple[int, s
     """Run a command in the guest through the agent; return (exit code, stdout, stderr)."""
     started = agent(name, "guest-exec", {"path": argv[0], "arg": argv[1:], "capture-output": True})
     pid = started["pid"]
-    status = wait_for(
-        lambda: (lambda s: s if s.get("exited") else None)(agent(name, "guest-exec-status", {"pid": pid})),
-        timeout=timeout, interval=1, what=f"{' '.join(argv)} in {domain_name(name)}",
-    )
+
+    def finished():
+        status = agent(name, "guest-exec-status", {"pid": pid})
+        return status if status.get("exited") else None
+
+    status = wait_for(finished, timeout=timeout, interval=1, what=f"{' '.join(argv)} in {domain_name(name)}")
 
     def decode(key: str) -> str:
         return base64.b64decode(status.get(key, "")).decode(errors="replace")

@@ -124,21 +124,21 @@ def booted_guest(libvirt_daemon):  # pylint: disable=redefined-outer-name,unused
 
 def test_guest_boots_and_answers_through_its_agent(booted_guest):
     assert guest.agent(booted_guest, "guest-get-host-name") == {"host-name": booted_guest}
-    code, out, _ = guest.guest_exec(booted_guest, ["/usr/bin/cat", "/etc/os-release"])
+    code, out, _err = guest.guest_exec(booted_guest, ["/usr/bin/cat", "/etc/os-release"])
     assert code == 0 and "VERSION_CODENAME=trixie" in out
 
 
 def test_guest_applies_its_cloud_init_seed(booted_guest):
     code, out, err = guest.guest_exec(booted_guest, ["/usr/bin/cloud-init", "status", "--wait"], timeout=600)
     assert code == 0, f"cloud-init ended with {code}: {out} {err}"
-    code, out, _ = guest.guest_exec(booted_guest, ["/usr/bin/cat", "/etc/hepinfra-probe"])
+    code, out, _err = guest.guest_exec(booted_guest, ["/usr/bin/cat", "/etc/hepinfra-probe"])
     assert code == 0 and out.strip() == f"seeded-{RUN_ID}"
 
 
 def test_guest_writes_to_its_overlay_never_the_golden_image(booted_guest):
     files = guest.guest_image()
     assert stat.S_IMODE(files["disk"].stat().st_mode) == 0o444
-    code, _, _ = guest.guest_exec(booted_guest, ["/usr/bin/sh", "-c", "head -c 8M /dev/urandom > /var/tmp/blob && sync"])
+    code, _out, _err = guest.guest_exec(booted_guest, ["/usr/bin/sh", "-c", "head -c 8M /dev/urandom > /var/tmp/blob && sync"])
     assert code == 0
     info = json.loads(run(["qemu-img", "info", "-U", "--output=json", "--backing-chain",
                            guest.state_dir() / "guests" / booted_guest / "overlay.qcow2"]).stdout)

@@ -104,18 +104,19 @@ def test_check_mode_reports_change_without_making_it():
 
 
 def test_diff_only_in_diff_mode_and_only_when_changed():
-    _, plain = run_module(FileModule, {"name": "a", "value": "1"})
+    _kind, plain = run_module(FileModule, {"name": "a", "value": "1"})
     assert "diff" not in plain
-    _, with_diff = run_module(FileModule, {"name": "a", "value": "2", "_ansible_diff": True})
+    _kind, with_diff = run_module(FileModule, {"name": "a", "value": "2", "_ansible_diff": True})
     assert with_diff["diff"] == {"before": {"value": "1"}, "after": {"value": "2"}}
-    _, unchanged = run_module(FileModule, {"name": "a", "value": "2", "_ansible_diff": True})
+    _kind, unchanged = run_module(FileModule, {"name": "a", "value": "2", "_ansible_diff": True})
     assert "diff" not in unchanged
 
 
 def test_check_and_diff_mode_together_match_a_real_run():
-    _, checked = run_module(FileModule, {"name": "a", "value": "1", "_ansible_check_mode": True, "_ansible_diff": True})
-    _, real = run_module(FileModule, {"name": "a", "value": "1", "_ansible_diff": True})
-    assert checked["changed"] == real["changed"] is True
+    _kind, checked = run_module(FileModule, {"name": "a", "value": "1", "_ansible_check_mode": True, "_ansible_diff": True})
+    _kind, real = run_module(FileModule, {"name": "a", "value": "1", "_ansible_diff": True})
+    assert checked["changed"] is True
+    assert real["changed"] is True
     assert checked["diff"] == real["diff"]
 
 
@@ -125,6 +126,7 @@ def test_expected_failure_is_actionable_and_hides_secrets():
     assert result["msg"].startswith("cloud-b: image img not found")
     assert result["msg"].endswith("upload it first.")
     assert "s3cr3t-pw" not in result["msg"]
+    assert "(password ********)" in result["msg"]
     assert "exception" not in result
 
 
