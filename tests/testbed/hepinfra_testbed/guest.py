@@ -93,6 +93,7 @@ def _prepare_guest_root(root: Path, packages: list[str]) -> None:
     for entry in (root / "var/lib/apt/lists").iterdir():
         if entry.is_file():
             entry.unlink()
+    os.utime(root / "var/lib/apt/lists", (0, 0))
 
 
 def guest_image(extra_packages: tuple[str, ...] = ()) -> dict[str, Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -17,6 +18,8 @@ BASE_PACKAGES = [
     "systemd-sysv",
     "dbus",
     "python3",
+    # Ansible's apt module needs it for check mode (it installs it itself only in a real run).
+    "python3-apt",
     "sudo",
     "ca-certificates",
     "iproute2",
@@ -93,6 +96,8 @@ def _build_rootfs(recipe: HostRecipe, root: Path) -> None:
     for entry in lists.iterdir():
         if entry.is_file():
             entry.unlink()
+    # The lists are empty on purpose; an old mtime makes apt's cache_valid_time see that.
+    os.utime(lists, (0, 0))
 
 
 def host_key(recipe: HostRecipe) -> str:
