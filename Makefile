@@ -95,12 +95,14 @@ test: ## the whole test suite (what CI runs)
 	@$(STAGE) molecule $(MAKE) --no-print-directory molecule-all
 	@$(STAGE) build $(MAKE) --no-print-directory build
 	@echo; echo "Stage times:"; cat $(STAGE_TIMINGS)
+	@echo "stages: $$(grep -c ' ok$$' $(STAGE_TIMINGS)) passed, $$(grep -c FAILED $(STAGE_TIMINGS) || true) failed"
 
 .PHONY: lint
 lint: bootstrap ## yamllint, role argument specs vs defaults, ansible-lint (production profile)
 	$(BIN)/yamllint --strict .
 	$(BIN)/python tests/tools/check_role_specs.py
 	$(BIN)/ansible-lint --offline --profile production
+	$(BIN)/antsibull-changelog lint
 
 # ansible-test --venv bootstraps pip from a download that is unreachable here; this script
 # stands in for get-pip at the path ansible-test looks in.
@@ -146,6 +148,7 @@ build: bootstrap ## build the collection artifact and check ansible-doc reads it
 	cd $(COLLECTION) && $(BIN)/ansible-galaxy collection build --force --output-path $(TMP)/dist
 	$(BIN)/ansible-galaxy collection install --force -p $(TMP)/installed $(TMP)/dist/hepinfra-cloud-*.tar.gz
 	ANSIBLE_COLLECTIONS_PATH=$(TMP)/installed $(BIN)/ansible-doc -t role -l hepinfra.cloud
+	ANSIBLE_COLLECTIONS_PATH=$(TMP)/installed $(BIN)/ansible-doc -t role hepinfra.cloud.common | grep -q common_timezone
 
 # -- the main job on local hosts ---------------------------------------------------------
 

@@ -24,6 +24,8 @@ PREFIX = "hepinfra-tb"
 class TestbedError(RuntimeError):
     """A testbed step failed; the message says what and what to do."""
 
+    __test__ = False  # not a pytest test class, despite its name
+
 
 def cache_dir() -> Path:
     """Where built images live between runs (keyed by recipe hash)."""

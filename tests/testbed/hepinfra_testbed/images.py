@@ -136,10 +136,16 @@ def rootfs_tarball(name: str) -> Path:
     return target
 
 
+# How a rootfs tarball becomes a podman image. The image deliberately carries no ownership
+# label: containers inherit image labels, and a container someone else starts from this image
+# must not look like one the testbed created.
+IMPORT_CHANGES = ['CMD ["/sbin/init"]', "ENV container=podman", "STOPSIGNAL SIGRTMIN+3"]
+
+
 def podman_image(name: str) -> str:
     """Make sure localhost/hepinfra-<name> exists in podman for the current recipe; return its name."""
     recipe = _recipe(name)
-    key = host_key(recipe)
+    key = recipe_hash(host_key(recipe), IMPORT_CHANGES)
     ref = f"localhost/hepinfra-{name}"
     probe = run(
         ["podman", "image", "inspect", "--format", "{{ index .Labels \"" + LABEL + ".recipe\" }}", ref],
@@ -149,18 +155,9 @@ def podman_image(name: str) -> str:
         return ref
     tarball = rootfs_tarball(name)
     log(f"importing {tarball.name} into podman as {ref}")
+    changes = [*IMPORT_CHANGES, f"LABEL {LABEL}.recipe={key}"]
     run(
-        [
-            "podman",
-            "import",
-            "--change", 'CMD ["/sbin/init"]',
-            "--change", "ENV container=podman",
-            "--change", "STOPSIGNAL SIGRTMIN+3",
-            "--change", f"LABEL {LABEL}=image",
-            "--change", f"LABEL {LABEL}.recipe={key}",
-            tarball,
-            f"{ref}:latest",
-        ],
+        ["podman", "import", *(arg for change in changes for arg in ("--change", change)), tarball, f"{ref}:latest"],
         timeout=600,
     )
     return ref
