@@ -79,6 +79,7 @@ def clean() -> int:
     names = podman.podman("network", "ls", "--filter", f"label={LABEL}", "--format", "{{.Name}}").stdout.split()
     if NETWORK in names:
         podman.podman("network", "rm", "-f", NETWORK)
+    podman.remove_idle_chains()
     log("demo removed")
     return 0
 

@@ -118,11 +118,17 @@ def teardown() -> list[str]:
     for name in owned("network"):
         podman("network", "rm", "-f", name)
         removed.append(f"network {name}")
-    # netavark keeps its NETAVARK* chains after the last network goes; remove them once
-    # nothing of podman's runs any more (netavark recreates them when a network comes up).
-    if removed and not podman("ps", "-q").stdout.strip() and not _custom_networks():
-        removed += [f"chain {c}" for c in remove_chains("NETAVARK", only_empty=False)]
+    if removed:
+        removed += remove_idle_chains()
     return removed
+
+
+def remove_idle_chains() -> list[str]:
+    """netavark keeps its NETAVARK* chains after the last network goes; remove them once
+    nothing of podman's runs any more (netavark recreates them when a network comes up)."""
+    if podman("ps", "-q").stdout.strip() or _custom_networks():
+        return []
+    return [f"chain {c}" for c in remove_chains("NETAVARK", only_empty=False)]
 
 
 def _custom_networks() -> list[str]:
