@@ -125,8 +125,8 @@ testbed-test: bootstrap ## the testbed's own tests: hosts, network, guests, tear
 
 .PHONY: integration
 integration: bootstrap ## ansible-test integration targets (TARGET=x for one)
-	@if [ -z "$(or $(TARGET),$(INTEGRATION_TARGETS))" ]; then echo "no integration targets in tests/integration/targets"; exit 0; fi
-	cd $(COLLECTION) && $(BIN)/ansible-test integration --local --python 3.11 --color $(TARGET)
+	@if [ -z "$(or $(TARGET),$(INTEGRATION_TARGETS))" ]; then echo "no integration targets in tests/integration/targets"; \
+	else cd $(COLLECTION) && $(BIN)/ansible-test integration --local --python 3.11 --color $(TARGET); fi
 
 .PHONY: molecule
 molecule: bootstrap ## molecule test for one role: make molecule ROLE=x [SCENARIO=y]
