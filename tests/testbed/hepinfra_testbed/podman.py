@@ -36,9 +36,9 @@ def containers_conf() -> Path:
     return path
 
 
-def podman(*args: str, check: bool = True, timeout: float | None = 300):
+def podman(*args: str, check: bool = True, timeout: float | None = 300, input_text: str | None = None):
     env = {"CONTAINERS_CONF": str(containers_conf())}
-    return run(["podman", *args], check=check, env=env, timeout=timeout)
+    return run(["podman", *args], check=check, env=env, timeout=timeout, input_text=input_text)
 
 
 def network_up(name: str) -> str:
