@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import resource
 from pathlib import Path
 
@@ -134,8 +133,3 @@ def remove_idle_chains() -> list[str]:
 def _custom_networks() -> list[str]:
     names = podman("network", "ls", "--format", "{{.Name}}").stdout.split()
     return [name for name in names if name != "podman"]
-
-
-def environment() -> dict[str, str]:
-    """Variables a shell or molecule needs to use the testbed's podman."""
-    return {"CONTAINERS_CONF": str(containers_conf()), "PATH": os.environ.get("PATH", "")}
