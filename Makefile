@@ -129,12 +129,14 @@ integration: bootstrap ## ansible-test integration targets (TARGET=x for one)
 	else cd $(COLLECTION) && $(BIN)/ansible-test integration --local --python 3.11 --color $(TARGET); fi
 
 .PHONY: molecule
-molecule: bootstrap ## molecule test for one role: make molecule ROLE=x [SCENARIO=y]
+molecule: bootstrap ## molecule test for one role: make molecule ROLE=x [SCENARIO=y] [MOLECULE_COMMAND=converge]
 	@[ -n "$(ROLE)" ] || { echo "usage: make molecule ROLE=<role> [SCENARIO=<scenario>]"; exit 2; }
 	@export CONTAINERS_CONF=$$($(TESTBED) conf); $(TESTBED) images $(MOLECULE_IMAGES) >/dev/null; \
-	cd roles/$(ROLE) && $(BIN)/molecule test $(if $(SCENARIO),-s $(SCENARIO),--all)
+	cd roles/$(ROLE) && $(BIN)/molecule $(MOLECULE_COMMAND) $(if $(SCENARIO),-s $(SCENARIO),$(if $(filter test,$(MOLECULE_COMMAND)),--all,-s default))
 
 MOLECULE_IMAGES ?= trixie bookworm
+# Another molecule command (create, converge, verify, destroy) to work on a scenario step by step.
+MOLECULE_COMMAND ?= test
 
 .PHONY: molecule-all
 molecule-all: bootstrap ## molecule test for every role that has scenarios
