@@ -83,7 +83,11 @@ def check(endpoint, timeout, workdir):
                 with open(back, "rb") as handle:
                     if handle.read() != content:
                         checks["read_back"] = {"ok": False, "error": "the probe read back differs from what was written"}
-            checks["delete"] = run("davix-rm", options, [base + "/" + probe], endpoint)
+            # davix-rm does not sign S3 requests; davix-http does. Its exit code does not
+            # always reflect the HTTP status, so the probe must be gone afterwards.
+            checks["delete"] = run("davix-http", ["-X", "DELETE"] + options, [base + "/" + probe], endpoint)
+            if checks["delete"]["ok"] and run("davix-get", options, [base + "/" + probe], endpoint)["ok"]:
+                checks["delete"] = {"ok": False, "error": "the probe is still there after DELETE"}
     if not checks:
         checks["list"] = {"ok": False, "error": "nothing to check: the endpoint is neither listable, readable with check_path, nor writable"}
     return {
