@@ -83,7 +83,7 @@ def check_ugr(values: dict[str, list[str]]) -> set[str]:
         if key == "INCLUDE":
             continue
         if key.startswith("locplugin."):
-            _, plugin_id, parameter = key.split(".", 2)
+            plugin_id, parameter = key.split(".", 2)[1:]
             if plugin_id not in ids:
                 raise UgrSyntaxError(f"{key}: no glb.locplugin[] declares {plugin_id}")
             if parameter not in PLUGIN_KEYS:
