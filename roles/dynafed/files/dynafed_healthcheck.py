@@ -3,7 +3,9 @@
 Usage: python3 dynafed_healthcheck.py SPEC.json
 SPEC.json: {"endpoints": [...], "timeout": seconds} with the role's endpoint entries.
 Prints one JSON document: {"endpoints": [{"name", "url", "ok", "checks": {...}}]}.
-Secrets are read from the file (mode 0600), never printed; error texts are scrubbed of them.
+Secrets are read from the file (mode 0600) and never printed; error texts are scrubbed of them.
+davix takes S3 keys only as arguments, so they are visible in the process list of this host
+while a check runs: run the check on a host whose users may see them.
 """
 
 from __future__ import annotations
@@ -51,10 +53,13 @@ def scrub(text, endpoint):
 
 def run(command, options, arguments, endpoint, stdout_path=None):
     started = time.monotonic()
-    with open(stdout_path or os.devnull, "wb") as stdout:
-        process = subprocess.run(
-            [command] + options + arguments, stdout=stdout, stderr=subprocess.PIPE, check=False
-        )
+    try:
+        with open(stdout_path or os.devnull, "wb") as stdout:
+            process = subprocess.run(
+                [command] + options + arguments, stdout=stdout, stderr=subprocess.PIPE, check=False
+            )
+    except FileNotFoundError:
+        return {"ok": False, "error": "%s is not installed on this host (package davix)" % command}
     result = {"ok": process.returncode == 0, "seconds": round(time.monotonic() - started, 3)}
     if process.returncode != 0:
         result["error"] = scrub(process.stderr.decode("utf-8", "replace"), endpoint) or "exit %d" % process.returncode

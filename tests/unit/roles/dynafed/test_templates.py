@@ -106,9 +106,15 @@ def check_ugr(values: dict[str, list[str]]) -> set[str]:
 
 
 def role_variables(**overrides):
-    variables = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    # Role defaults are trusted templates in a play; mark them so here too.
+    variables = {
+        name: trust_as_template(value) if isinstance(value, str) and "{{" in value else value
+        for name, value in yaml.safe_load((ROLE / "defaults" / "main.yml").read_text()).items()
+    }
     variables.update(yaml.safe_load((ROLE / "vars" / "RedHat.yml").read_text()))
     variables["ansible_managed"] = "Ansible managed"
+    variables["ansible_facts"] = {"fqdn": "dynafed.example.org"}
+    variables["inventory_hostname"] = "dynafed-1"
     variables.update(overrides)
     return variables
 
@@ -228,6 +234,8 @@ def test_apache_x509_writable_site():
     assert "SSLVerifyClient require" in conf
     assert "SSLCACertificatePath /etc/grid-security/certificates" in conf
     assert re.search(r"<Location /fed>\n\s+DAV nameserver\n\s+NSFlags Write\n", conf)
+    assert "ServerName dynafed.example.org" in conf
+    assert "SSLCARevocationPath /etc/grid-security/certificates" in conf
     assert "Listen" not in conf
 
 
@@ -242,7 +250,9 @@ def test_apache_anonymous_read_only_site():
     assert "SSLEngine" not in conf
 
 
-def test_apache_on_another_port_listens_there():
+def test_apache_on_another_port_listens_there_and_only_there():
     conf = render("zlcgdm-ugr-dav.conf.j2", dynafed_endpoints=ENDPOINTS, dynafed_https_port=8443)
-    assert "Listen 8443 https" in conf
+    ssl_conf = render("ssl.conf.j2", dynafed_https_port=8443)
     assert "<VirtualHost *:8443>" in conf
+    assert re.findall(r"(?m)^Listen .*", ssl_conf) == ["Listen 8443 https"]
+    assert "VirtualHost" not in ssl_conf
