@@ -27,7 +27,7 @@ TESTBED := $(BIN)/python -m hepinfra_testbed
 # Debian packages the tests and the demo need, installed in one apt-get call.
 APT_PACKAGES := git make rsync podman runc netavark aardvark-dns slirp4netns uidmap fuse-overlayfs \
 	debootstrap zstd iptables dnsmasq-base libvirt-daemon-system libvirt-clients qemu-system-x86 \
-	qemu-utils cloud-image-utils libvirt-dev pkg-config gcc python3-dev
+	qemu-utils cloud-image-utils libvirt-dev pkg-config gcc python3-dev postgresql redis-server
 
 ROLES := $(sort $(notdir $(patsubst %/molecule/,%,$(dir $(wildcard roles/*/molecule/)))))
 INTEGRATION_TARGETS := $(notdir $(wildcard tests/integration/targets/*))
@@ -124,9 +124,29 @@ testbed-test: bootstrap ## the testbed's own tests: hosts, network, guests, tear
 	$(BIN)/pytest -p no:cacheprovider -ra tests/testbed/tests $(PYTEST_ARGS)
 
 .PHONY: integration
-integration: bootstrap ## ansible-test integration targets (TARGET=x for one)
-	@if [ -z "$(or $(TARGET),$(INTEGRATION_TARGETS))" ]; then echo "no integration targets in tests/integration/targets"; \
-	else cd $(COLLECTION) && $(BIN)/ansible-test integration --local --python 3.11 --color $(TARGET); fi
+integration: bootstrap ## end-to-end tests against real services (tests/integration; PYTEST_ARGS=-k x for some)
+	@if [ -n "$(or $(TARGET),$(INTEGRATION_TARGETS))" ]; then \
+		cd $(COLLECTION) && $(BIN)/ansible-test integration --local --python 3.11 --color $(TARGET); fi
+	$(BIN)/pytest -p no:cacheprovider -ra tests/integration $(PYTEST_ARGS)
+
+# A real NetBox on loopback with the integration tests' data, for working on the CMDB plugin.
+.PHONY: netbox-up
+netbox-up: bootstrap ## start a real NetBox with the test data (prints URL and token)
+	@$(BIN)/python -c 'import sys; sys.path.insert(0, "tests/integration/cmdb"); \
+		from hepinfra_testbed import netbox; from seed import seed; i = netbox.up(); seed(i.url, i.token); print(i.as_json())'
+
+.PHONY: netbox-down
+netbox-down: ## stop the NetBox that netbox-up or the tests started
+	@$(BIN)/python -m hepinfra_testbed.netbox down
+
+# -- benchmarks (figures printed, never asserted) --------------------------------------------
+
+.PHONY: bench
+bench: bench-inventory ## every benchmark
+
+.PHONY: bench-inventory
+bench-inventory: bootstrap ## 10,000 NetBox hosts: hepinfra.cloud.cmdb vs nb_inventory, cold and cached
+	$(BIN)/python tests/bench/bench_inventory.py
 
 .PHONY: molecule
 molecule: bootstrap ## molecule test for one role: make molecule ROLE=x [SCENARIO=y] [MOLECULE_COMMAND=converge]
