@@ -263,7 +263,6 @@ from ansible_collections.hepinfra.cloud.plugins.plugin_utils._cmdb import (
     fetch_rest,
     netbox_fields,
     netbox_hosts,
-    netbox_listing,
     netbox_token_header,
     redact,
     requests,
@@ -363,7 +362,6 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 "url": url.rstrip("/"),
                 "kinds": self._kinds(),
                 "fields": {kind: netbox_fields(kind, settings) for kind in self._kinds()},
-                "dns_names": settings.ansible_host == "dns_name",
             }
         return {
             "backend": backend,
@@ -401,8 +399,6 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                     self.get_option("timeout"), self.get_option("max_workers"),
                 )
                 data = fetch_netbox(client, self._kinds(), settings, self.get_option("page_size"), self.display.warning)
-                if settings.ansible_host == "dns_name":
-                    data["dns_names"] = self._dns_names(client)
             else:
                 mapping = self._rest_mapping()
                 scheme = self.get_option("auth_scheme")
@@ -416,12 +412,6 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             raise AnsibleParserError("hepinfra.cloud.cmdb: %s" % redact(str(exc), [token]))
         self.display.vvv("hepinfra.cloud.cmdb: %d request(s) to %s" % (client.requests_made, url))
         return data
-
-    def _dns_names(self, client: CmdbClient) -> dict[str, str]:
-        """DNS names of the IP addresses that have one: one more listing, not one per host."""
-        url = client.url("api/ipam/ip-addresses/")
-        rows = netbox_listing(client, url, [("dns_name__empty", "false"), ("fields", "id,dns_name")], self.get_option("page_size"))
-        return {str(row["id"]): row["dns_name"] for row in rows if row.get("dns_name")}
 
     # -- populate -----------------------------------------------------------------------------
 

@@ -434,7 +434,7 @@ def netbox_group_name(key: str, value: str, group_names: dict[str, str]) -> str:
     return safe_group_name(template.format(key=label, value=value))
 
 
-def netbox_ansible_host(record: dict[str, Any], settings: NetBoxSettings, dns_names: dict[int, str] | None = None) -> str | None:
+def netbox_ansible_host(record: dict[str, Any], settings: NetBoxSettings) -> str | None:
     """The address Ansible connects to, per the ansible_host option."""
     mode = settings.ansible_host
     if mode == "none":
@@ -448,7 +448,7 @@ def netbox_ansible_host(record: dict[str, Any], settings: NetBoxSettings, dns_na
         if not ip:
             continue
         if mode == "dns_name":
-            name = ip.get("dns_name") or (dns_names or {}).get(ip.get("id"))
+            name = ip.get("dns_name")  # NetBox nests it in primary_ip4/6: no extra request
             if name:
                 return name
             continue
@@ -456,7 +456,7 @@ def netbox_ansible_host(record: dict[str, Any], settings: NetBoxSettings, dns_na
     return None
 
 
-def netbox_host(record: dict[str, Any], kind: str, settings: NetBoxSettings, dns_names: dict[int, str] | None = None) -> HostEntry | None:
+def netbox_host(record: dict[str, Any], kind: str, settings: NetBoxSettings) -> HostEntry | None:
     """One NetBox device or virtual machine as an inventory host (None if it has no name)."""
     name = record.get("name")
     if not name:
@@ -474,7 +474,7 @@ def netbox_host(record: dict[str, Any], kind: str, settings: NetBoxSettings, dns
         p + "cluster": (record.get("cluster") or {}).get("name"),
         p + "primary_ip4": strip_prefix_length((record.get("primary_ip4") or {}).get("address")),
         p + "primary_ip6": strip_prefix_length((record.get("primary_ip6") or {}).get("address")),
-        p + "custom_fields": dict(record.get("custom_fields") or {}),
+        p + "custom_fields": {key: simplify(value) for key, value in (record.get("custom_fields") or {}).items()},
     }
     if kind == "devices":
         variables[p + "location"] = simplify(record.get("location"))
@@ -490,7 +490,7 @@ def netbox_host(record: dict[str, Any], kind: str, settings: NetBoxSettings, dns
     for extra in settings.extra_fields:
         if extra in record:
             variables[p + extra] = simplify(record[extra])
-    address = netbox_ansible_host(record, settings, dns_names)
+    address = netbox_ansible_host(record, settings)
     if address:
         variables["ansible_host"] = address
     groups: list[str] = []
@@ -508,14 +508,13 @@ def netbox_hosts(data: dict[str, Any], settings: NetBoxSettings, warn: Callable[
     A name seen twice (a device and a VM, or devices in two sites) keeps the first; the
     others are added as '<name>_<kind>_<id>' and a warning says so.
     """
-    dns_names = {int(k): v for k, v in (data.get("dns_names") or {}).items()}
     hosts: list[HostEntry] = []
     seen: set[str] = set()
     renamed: list[str] = []
     unnamed = 0
     for kind in ("devices", "virtual_machines"):
         for record in sorted(data["records"].get(kind, []), key=lambda r: r.get("id") or 0):
-            host = netbox_host(record, kind, settings, dns_names)
+            host = netbox_host(record, kind, settings)
             if host is None:
                 unnamed += 1
                 continue

@@ -66,11 +66,13 @@ def run_inventory(tmp_path):
                          "ANSIBLE_INVENTORY_UNPARSED_FAILED": "true",
                          "ANSIBLE_LOCAL_TEMP": str(tmp_path / "tmp")})
         full_env.update(env or {})
-        argv = ["ansible-inventory", "-i", str(path), "--list", "--export"]
+        output = tmp_path / "inventory.json"
+        output.unlink(missing_ok=True)
+        argv = ["ansible-inventory", "-i", str(path), "--list", "--export", "--output", str(output)]
         if flush:
             argv.append("--flush-cache")
         proc = subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=300)
-        data = json.loads(proc.stdout) if proc.returncode == 0 and proc.stdout.strip() else {}
+        data = json.loads(output.read_text()) if proc.returncode == 0 else {}
         return Inventory(proc.returncode, plain(data), proc.stdout, proc.stderr)
 
     return run

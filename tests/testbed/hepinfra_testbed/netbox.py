@@ -242,15 +242,23 @@ def http_up(root: Path, workers: int = 2) -> int:
 
 
 def http_down() -> None:
+    """Stop gunicorn at once (SIGQUIT; a graceful TERM waits for idle keep-alive clients)."""
     pidfile = _work() / "gunicorn.pid"
-    if pidfile.exists():
+    if not pidfile.exists():
+        return
+    pid = int(pidfile.read_text())
+    for sig, wait in ((signal.SIGQUIT, 15), (signal.SIGKILL, 10)):
         try:
-            os.killpg(int(pidfile.read_text()), signal.SIGTERM)
-        except (ProcessLookupError, ValueError):
-            pass
-        pid = int(pidfile.read_text())
-        wait_for(lambda: not _alive(pid), 30, 0.2, "gunicorn to stop")
-        pidfile.unlink()
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            wait_for(lambda: not _alive(pid), wait, 0.2, "gunicorn to stop")
+            break
+        except TestbedError:
+            if sig == signal.SIGKILL:
+                raise
+    pidfile.unlink()
 
 
 def _alive(pid: int) -> bool:

@@ -77,7 +77,7 @@ def test_vm_variables_and_groups():
     assert (worker.variables["cmdb_vcpus"], worker.variables["cmdb_memory"], worker.variables["cmdb_disk"]) == (8, 16384, 40)
     assert worker.variables["cmdb_cluster"] == "cern-openstack"
     assert "cmdb_rack" not in worker.variables
-    assert worker.groups == ["kind_virtual_machine", "cluster_cern_openstack", "tag_htcondor_worker", "tag_atlas", "platform_debian_13"]
+    assert worker.groups == ["kind_virtual_machine", "cluster_cern_openstack", "tag_atlas", "tag_htcondor_worker", "platform_debian_13"]
 
 
 def test_devices_come_first_and_duplicates_are_renamed_with_a_warning():
@@ -109,13 +109,11 @@ def test_ansible_host_preference_and_sources():
     assert not any("ansible_host" in h.variables for h in hosts_by_name(NetBoxSettings(ansible_host="none")).values())
 
 
-def test_dns_names_from_the_ip_listing():
-    data = recorded()
-    storage = next(r for r in data["records"]["devices"] if r["name"] == "storage01")
-    ip_id = storage["primary_ip6"]["id"]
-    host = netbox_host(storage, "devices", NetBoxSettings(ansible_host="dns_name"), {ip_id: "storage01.desy.example"})
-    assert host.variables["ansible_host"] == "storage01.desy.example"
-    assert "ansible_host" not in netbox_host(storage, "devices", NetBoxSettings(ansible_host="dns_name"), {}).variables
+def test_dns_name_of_the_primary_address():
+    hosts = hosts_by_name(NetBoxSettings(ansible_host="dns_name", ip_preference="ipv6"))
+    assert hosts["storage01"].variables["ansible_host"] == "storage01.desy.example"
+    assert hosts["squid01"].variables["ansible_host"] == "squid01.cern.example"
+    assert "ansible_host" not in hosts["node01"].variables  # its address has no DNS name
 
 
 def test_extra_fields_and_config_context():
