@@ -38,7 +38,7 @@ try:
 except ImportError:  # only the generic REST backend needs it
     jmespath = None  # type: ignore[assignment]
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 
 # Object types of the NetBox backend: API path, the fields the inventory reads.
 NETBOX_KINDS: dict[str, dict[str, Any]] = {
@@ -98,6 +98,9 @@ class NetBoxSettings:
     ansible_host_custom_field: str | None = None
     config_context: bool = False
     extra_fields: list[str] = field(default_factory=list)
+    host_variables: list[str] | None = None
+    # thousands of hosts share a few dozen groups: each name is formatted once
+    group_name_cache: dict[tuple[str, str], str] = field(default_factory=dict, repr=False, compare=False)
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -257,7 +260,7 @@ class CmdbClient:
         The first page says the total; the others are fetched concurrently. Without a total,
         pages are read one after the other until a short page.
         """
-        first, _ = self.get_json(url, {**params, limit_param: page_size, offset_param: 0})
+        first = self.get_json(url, {**params, limit_param: page_size, offset_param: 0})[0]
         records = list(records_of(first))
         total = total_of(first)
         if not records:
@@ -267,7 +270,7 @@ class CmdbClient:
         if total is None:
             offset = step
             while True:
-                page, _ = self.get_json(url, {**params, limit_param: page_size, offset_param: offset})
+                page = self.get_json(url, {**params, limit_param: page_size, offset_param: offset})[0]
                 batch = list(records_of(page))
                 records.extend(batch)
                 if len(batch) < step or not batch:
@@ -276,7 +279,7 @@ class CmdbClient:
         offsets = list(range(step, int(total), step))
 
         def fetch(offset: int) -> list[Any]:
-            page, _ = self.get_json(url, {**params, limit_param: page_size, offset_param: offset})
+            page = self.get_json(url, {**params, limit_param: page_size, offset_param: offset})[0]
             return list(records_of(page))
 
         if offsets:
@@ -369,7 +372,7 @@ def fetch_netbox(
         elif isinstance(outcome, CmdbError):
             errors.append(outcome)
         else:
-            records[kind] = outcome
+            records[kind] = [slim_netbox_record(record) for record in outcome]
     if errors:
         raise errors[0]
     if kinds and not records:
@@ -395,6 +398,37 @@ def netbox_listing(client: CmdbClient, url: str, params: list[tuple[str, Any]], 
 # -- transform: NetBox ----------------------------------------------------------------------
 
 
+def _ip(value: Any) -> dict[str, Any] | None:
+    if not value:
+        return None
+    return {"address": strip_prefix_length(value.get("address")), "dns_name": value.get("dns_name") or None}
+
+
+def slim_netbox_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A NetBox record reduced to what the inventory reads: nested objects become their slug,
+    name or value, addresses lose their prefix length.
+
+    This is what the cache keeps: a fraction of the API's size, so a cached inventory of
+    thousands of hosts loads quickly.
+    """
+    slim: dict[str, Any] = {}
+    for key, value in record.items():
+        if key in ("primary_ip4", "primary_ip6"):
+            slim[key] = _ip(value)
+        elif key == "device_type":
+            slim[key] = value.get("slug") if value else None
+            slim["manufacturer"] = simplify(value.get("manufacturer")) if value else None
+        elif key == "custom_fields":
+            slim[key] = {name: simplify(item) for name, item in (value or {}).items()}
+        elif key == "config_context":
+            slim[key] = value or {}
+        elif key == "tags":
+            slim[key] = _slugs(value)
+        else:
+            slim[key] = simplify(value)
+    return slim
+
+
 def _slugs(value: Any) -> list[str]:
     if value is None:
         return []
@@ -407,23 +441,13 @@ def _slugs(value: Any) -> list[str]:
 
 
 def netbox_group_values(record: dict[str, Any], kind: str, key: str) -> list[str]:
-    """The value(s) a record has for one group_by key (a custom field is 'custom_field:<name>')."""
+    """The value(s) a slim record has for one group_by key (a custom field is 'custom_field:<name>')."""
     if key.startswith("custom_field:"):
-        name = key.split(":", 1)[1]
-        return _slugs((record.get("custom_fields") or {}).get(name))
+        return _slugs((record.get("custom_fields") or {}).get(key.split(":", 1)[1]))
     if key == "kind":
         return [NETBOX_KINDS[kind]["kind"]]
     if key == "tag":
-        return _slugs(record.get("tags"))
-    if key == "manufacturer":
-        device_type = record.get("device_type") or {}
-        return _slugs(device_type.get("manufacturer"))
-    if key == "rack":
-        rack = record.get("rack")
-        return [str(rack["name"])] if rack and rack.get("name") else []
-    if key == "cluster":
-        cluster = record.get("cluster")
-        return [str(cluster["name"])] if cluster and cluster.get("name") else []
+        return record.get("tags") or []
     return _slugs(record.get(key))
 
 
@@ -445,65 +469,69 @@ def netbox_ansible_host(record: dict[str, Any], settings: NetBoxSettings) -> str
     order = ("primary_ip4", "primary_ip6") if settings.ip_preference == "ipv4" else ("primary_ip6", "primary_ip4")
     for key in order:
         ip = record.get(key)
-        if not ip:
-            continue
-        if mode == "dns_name":
-            name = ip.get("dns_name")  # NetBox nests it in primary_ip4/6: no extra request
-            if name:
-                return name
-            continue
-        return strip_prefix_length(ip.get("address"))
+        if ip:
+            # NetBox nests the DNS name in primary_ip4/6: no extra request
+            value = ip.get("dns_name") if mode == "dns_name" else ip.get("address")
+            if value:
+                return value
     return None
 
 
+NETBOX_VARIABLES = (
+    "kind", "id", "site", "role", "platform", "tenant", "status", "tags", "cluster", "custom_fields",
+    "primary_ip4", "primary_ip6", "location", "rack", "device_type", "manufacturer", "vcpus", "memory", "disk",
+)
+_COMMON_VARIABLES = ("site", "role", "platform", "tenant", "status", "tags", "cluster", "custom_fields")
+_KIND_VARIABLES = {
+    "devices": ("location", "rack", "device_type", "manufacturer"),
+    "virtual_machines": ("vcpus", "memory", "disk"),
+}
+
+
 def netbox_host(record: dict[str, Any], kind: str, settings: NetBoxSettings) -> HostEntry | None:
-    """One NetBox device or virtual machine as an inventory host (None if it has no name)."""
+    """One slim NetBox device or virtual machine as an inventory host (None if it has no name)."""
     name = record.get("name")
     if not name:
         return None
     p = settings.prefix
-    variables: dict[str, Any] = {
-        p + "kind": NETBOX_KINDS[kind]["kind"],
-        p + "id": record.get("id"),
-        p + "site": simplify(record.get("site")),
-        p + "role": simplify(record.get("role")),
-        p + "platform": simplify(record.get("platform")),
-        p + "tenant": simplify(record.get("tenant")),
-        p + "status": simplify(record.get("status")),
-        p + "tags": _slugs(record.get("tags")),
-        p + "cluster": (record.get("cluster") or {}).get("name"),
-        p + "primary_ip4": strip_prefix_length((record.get("primary_ip4") or {}).get("address")),
-        p + "primary_ip6": strip_prefix_length((record.get("primary_ip6") or {}).get("address")),
-        p + "custom_fields": {key: simplify(value) for key, value in (record.get("custom_fields") or {}).items()},
-    }
-    if kind == "devices":
-        variables[p + "location"] = simplify(record.get("location"))
-        variables[p + "rack"] = (record.get("rack") or {}).get("name")
-        device_type = record.get("device_type") or {}
-        variables[p + "device_type"] = device_type.get("slug")
-        variables[p + "manufacturer"] = simplify(device_type.get("manufacturer"))
-    else:
-        for key in ("vcpus", "memory", "disk"):
-            variables[p + key] = record.get(key)
+    variables: dict[str, Any] = {p + "kind": NETBOX_KINDS[kind]["kind"], p + "id": record.get("id")}
+    for key in _COMMON_VARIABLES + _KIND_VARIABLES[kind]:
+        variables[p + key] = record.get(key)
+    variables[p + "tags"] = record.get("tags") or []
+    variables[p + "custom_fields"] = record.get("custom_fields") or {}
+    for family in ("primary_ip4", "primary_ip6"):
+        variables[p + family] = (record.get(family) or {}).get("address")
     if settings.config_context:
         variables[p + "config_context"] = record.get("config_context") or {}
     for extra in settings.extra_fields:
         if extra in record:
-            variables[p + extra] = simplify(record[extra])
+            variables[p + extra] = record[extra]
+    if settings.host_variables is not None:
+        wanted = {p + name for name in settings.host_variables} | {p + extra for extra in settings.extra_fields}
+        if settings.config_context:
+            wanted.add(p + "config_context")
+        variables = {key: value for key, value in variables.items() if key in wanted}
     address = netbox_ansible_host(record, settings)
     if address:
         variables["ansible_host"] = address
     groups: list[str] = []
     for key in settings.group_by:
         for value in netbox_group_values(record, kind, key):
-            group = netbox_group_name(key, value, settings.group_names)
+            group = _group_name_cached(key, value, settings)
             if group and group not in groups:
                 groups.append(group)
     return HostEntry(name=str(name), variables=variables, groups=groups)
 
 
+def _group_name_cached(key: str, value: str, settings: NetBoxSettings) -> str:
+    name = settings.group_name_cache.get((key, value))
+    if name is None:
+        name = settings.group_name_cache[(key, value)] = netbox_group_name(key, value, settings.group_names)
+    return name
+
+
 def netbox_hosts(data: dict[str, Any], settings: NetBoxSettings, warn: Callable[[str], None]) -> list[HostEntry]:
-    """Every named device and VM of fetched data, devices first, each kind by id.
+    """Every named device and VM of fetched (slim) data, devices first, each kind by id.
 
     A name seen twice (a device and a VM, or devices in two sites) keeps the first; the
     others are added as '<name>_<kind>_<id>' and a warning says so.
@@ -525,7 +553,8 @@ def netbox_hosts(data: dict[str, Any], settings: NetBoxSettings, warn: Callable[
             seen.add(host.name)
             hosts.append(host)
     if renamed:
-        warn("%d CMDB object(s) share a name with another and were renamed: %s" % (len(renamed), ", ".join(renamed[:10]) + (" ..." if len(renamed) > 10 else "")))
+        listed = ", ".join(renamed[:10]) + (" ..." if len(renamed) > 10 else "")
+        warn("%d CMDB object(s) share a name with another and were renamed: %s" % (len(renamed), listed))
     if unnamed:
         warn("%d CMDB object(s) without a name were left out" % unnamed)
     return hosts
@@ -577,7 +606,9 @@ def rest_records_of(mapping: RestMapping, url: str) -> Callable[[Any], list[Any]
     return records_of
 
 
-def fetch_rest(client: CmdbClient, mapping: RestMapping, pagination: str, query: dict[str, Any], page_size: int, offset_param: str, limit_param: str) -> dict[str, Any]:
+def fetch_rest(
+    client: CmdbClient, mapping: RestMapping, pagination: str, query: dict[str, Any], page_size: int, offset_param: str, limit_param: str
+) -> dict[str, Any]:
     """All records of a generic REST listing: {'records': {'rest': [...]}}."""
     url = client.rest_url
     records_of = rest_records_of(mapping, url)
@@ -600,7 +631,7 @@ def fetch_rest(client: CmdbClient, mapping: RestMapping, pagination: str, query:
 
         records = client.pages_by_link(url, params, records_of, next_of)
     else:
-        body, _ = client.get_json(url, params)
+        body = client.get_json(url, params)[0]
         records = records_of(body)
     return {"format": CACHE_FORMAT, "records": {"rest": records}, "forbidden": []}
 

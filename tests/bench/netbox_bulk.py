@@ -1,4 +1,4 @@
-"""Bulk data for the inventory benchmark, run inside NetBox (`netbox shell -c`).
+"""Bulk data for the inventory benchmark, run inside NetBox (`netbox shell` reads it on stdin).
 
 Creating 10,000 objects through the API takes over ten minutes (~15 per second), so they
 are written with the ORM's bulk_create, once, and the database is kept as a snapshot.
@@ -12,9 +12,8 @@ from django.db import transaction
 
 from core.models import ObjectType
 from dcim.models import Device, DeviceRole, DeviceType, Interface, Location, Manufacturer, Platform, Rack, Site
-from extras.models import CustomField, Tag
+from extras.models import CustomField, Tag, TaggedItem
 from ipam.models import IPAddress
-from taggit.models import TaggedItem
 from tenancy.models import Tenant
 from virtualization.models import Cluster, ClusterType, VirtualMachine, VMInterface
 

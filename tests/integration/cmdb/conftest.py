@@ -71,7 +71,7 @@ def run_inventory(tmp_path):
         argv = ["ansible-inventory", "-i", str(path), "--list", "--export", "--output", str(output)]
         if flush:
             argv.append("--flush-cache")
-        proc = subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=300)
+        proc = subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=300, check=False)
         data = json.loads(output.read_text()) if proc.returncode == 0 else {}
         return Inventory(proc.returncode, plain(data), proc.stdout, proc.stderr)
 

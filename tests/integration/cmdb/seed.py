@@ -18,7 +18,8 @@ def seed(url: str, token: str) -> None:
     for name, kind in (("batch_system", "text"), ("admin_user", "text"), ("mgmt_address", "text"), ("gpus", "integer"), ("experiments", "multiselect")):
         spec = {"name": name, "type": kind, "object_types": ["dcim.device", "virtualization.virtualmachine"]}
         if kind == "multiselect":
-            choice_set = extras.custom_field_choice_sets.create(name="experiments", extra_choices=[["atlas", "ATLAS"], ["belle2", "Belle II"], ["lsst", "LSST"]])
+            choices = [["atlas", "ATLAS"], ["belle2", "Belle II"], ["lsst", "LSST"]]
+            choice_set = extras.custom_field_choice_sets.create(name="experiments", extra_choices=choices)
             spec["choice_set"] = choice_set.id
         extras.custom_fields.create(**spec)
 
@@ -73,6 +74,6 @@ def seed(url: str, token: str) -> None:
                   tags=[tags["htcondor-worker"].id, tags["atlas"].id], custom_fields={"batch_system": "htcondor", "gpus": 1, "experiments": ["atlas"]})
     primary(worker_a, "vm", ip4="198.51.100.10/24", ip6="2001:db8:2::10/64", dns6="worker-a.cloud.example")
     worker_b = vm("worker-b", status="offline", role=worker_role.id, vcpus=4, memory=8192, tags=[tags["htcondor-worker"].id, tags["belle2"].id],
-                  custom_fields={"batch_system": "htcondor", "experiments": ["belle2"]})
+                  custom_fields={"batch_system": "htcondor", "experiments": ["belle2"], "admin_user": "{{ 7 * 6 }}"})
     primary(worker_b, "vm", ip4="198.51.100.11/24")
     vm("node01", status="staged")  # same name as a device

@@ -10,6 +10,7 @@ import difflib
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,8 @@ def test_virtual_machines_only(base, run_inventory):
 
 
 def test_devices_and_vms(base, run_inventory):
-    result = run_inventory({**base, "group_by": ["kind", "site", "location", "rack", "role", "platform", "tenant", "tag", "status", "cluster", "device_type", "manufacturer"]})
+    every_key = ["kind", "site", "location", "rack", "role", "platform", "tenant", "tag", "status", "cluster", "device_type", "manufacturer"]
+    result = run_inventory({**base, "group_by": every_key})
     assert result.returncode == 0, result.stderr
     assert_golden("both", result.data)
     # the VM that shares the device's name is kept under another name, with a warning
@@ -118,6 +120,21 @@ def test_compose_and_keyed_groups(base, run_inventory):
     assert hostvars(result)["worker-a"]["ansible_user"] == "root"
     assert members(result, "gpu_hosts") == ["worker-a"]
     assert members(result, "os_debian_13") == ["node01", "squid01", "worker-a"]
+
+
+def test_cmdb_values_are_never_templated(base, run_inventory, tmp_path):
+    """A CMDB string that looks like a template stays text, in the inventory and in a play."""
+    result = run_inventory(base)
+    assert hostvars(result)["worker-b"]["cmdb_custom_fields"]["admin_user"] == "{{ 7 * 6 }}"
+    config = tmp_path / "play.cmdb.yml"
+    config.write_text(json.dumps(base))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HEPINFRA_CMDB_", "NETBOX_"))}
+    env.update({"ANSIBLE_INVENTORY_ENABLED": "hepinfra.cloud.cmdb", "ANSIBLE_NOCOLOR": "1", "ANSIBLE_INVENTORY_UNPARSED_FAILED": "true"})
+    proc = subprocess.run(["ansible", "-i", str(config), "worker-b", "-m", "ansible.builtin.debug", "-a", "var=cmdb_custom_fields.admin_user"],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert '"cmdb_custom_fields.admin_user": "{{ 7 * 6 }}"' in proc.stdout
+    assert "42" not in proc.stdout
 
 
 def test_strict_reports_a_broken_expression(base, run_inventory):

@@ -131,7 +131,6 @@ def _configuration(root: Path) -> None:
         },
         "SECRET_KEY": SECRET_KEY,
         "API_TOKEN_PEPPERS": {1: PEPPER},
-        "LOGIN_REQUIRED": True,
         "ISOLATED_DEPLOYMENT": True,
         "CENSUS_REPORTING_ENABLED": False,
         "RELEASE_CHECK_URL": None,
@@ -167,7 +166,7 @@ def _redis_up(work: Path) -> int:
     pidfile = work / "redis.pid"
     run(["redis-server", "--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--daemonize", "yes", "--pidfile", str(pidfile), "--dir", str(work), "--logfile", str(work / "redis.log")])
-    wait_for(lambda: pidfile.exists(), 10, 0.1, "redis pid file")
+    wait_for(pidfile.exists, 10, 0.1, "redis pid file")
     return int(pidfile.read_text())
 
 
@@ -175,10 +174,14 @@ def _psql(sql: str, database: str = "postgres") -> None:
     run(_as_postgres(["psql", "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1", "-q", "-c", sql]))
 
 
+def base_dump_path() -> Path:
+    """Where the migrated database of this NetBox version and these users is kept."""
+    return cache_dir() / "netbox" / f"netbox-{NETBOX_VERSION}-{recipe_hash(NETBOX_VERSION, _BOOTSTRAP)}.dump"
+
+
 def base_dump() -> Path:
     """The migrated database with the test users and tokens, built once per NetBox version."""
-    key = recipe_hash(NETBOX_VERSION, _BOOTSTRAP, _configuration)
-    dump = cache_dir() / "netbox" / f"netbox-{NETBOX_VERSION}-{key}.dump"
+    dump = base_dump_path()
     if dump.exists():
         return dump
     env = venv()
@@ -211,7 +214,7 @@ def restore(path: Path) -> None:
     _psql(f"CREATE DATABASE {DB_NAME}")
     with open(path, "rb") as dump:  # read here: the dump may sit where 'postgres' cannot read
         proc = subprocess.run(_as_postgres(["pg_restore", "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres",
-                                            "-d", DB_NAME, "--no-owner"]), stdin=dump, capture_output=True, text=True)
+                                            "-d", DB_NAME, "--no-owner"]), stdin=dump, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise TestbedError(f"pg_restore of {path.name} failed: {proc.stderr.strip()[-1000:]}")
     run(["redis-cli", "-p", str(REDIS_PORT), "FLUSHALL"])

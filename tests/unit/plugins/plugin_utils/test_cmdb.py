@@ -28,18 +28,30 @@ from ansible_collections.hepinfra.cloud.plugins.plugin_utils._cmdb import (
     rest_hosts,
     safe_group_name,
     simplify,
+    slim_netbox_record,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+def raw(kind: str) -> list[dict]:
+    return json.loads((FIXTURES / ("netbox_%s.json" % kind)).read_text())
+
+
 def recorded() -> dict:
-    return {
-        "records": {
-            "devices": json.loads((FIXTURES / "netbox_devices.json").read_text()),
-            "virtual_machines": json.loads((FIXTURES / "netbox_virtual_machines.json").read_text()),
-        }
-    }
+    """What the fetch step keeps (and caches) from the recorded listings."""
+    return {"records": {kind: [slim_netbox_record(r) for r in raw(kind)] for kind in ("devices", "virtual_machines")}}
+
+
+def test_slim_records_keep_what_the_inventory_reads_only():
+    squid = raw("devices")[0]
+    slim = slim_netbox_record(squid)
+    assert slim["site"] == "cern" and slim["rack"] == "R1-01" and slim["status"] == "active"
+    assert slim["device_type"] == "sys-6029" and slim["manufacturer"] == "supermicro"
+    assert slim["primary_ip6"] == {"address": "2001:db8::11", "dns_name": "squid01.cern.example"}
+    assert slim["custom_fields"]["experiments"] == ["atlas", "belle2"]
+    assert slim["tags"] == ["atlas"]
+    assert len(json.dumps(slim)) * 4 < len(json.dumps(squid))  # what the cache holds per host
 
 
 def hosts_by_name(settings: NetBoxSettings | None = None, warnings: list | None = None) -> dict:
@@ -117,9 +129,10 @@ def test_dns_name_of_the_primary_address():
 
 
 def test_extra_fields_and_config_context():
-    record = dict(json.loads((FIXTURES / "netbox_devices.json").read_text())[0])
+    record = dict(raw("devices")[0])
     record["serial"] = "SQ-0001"
     record["config_context"] = {"squid_port": 3128}
+    record = slim_netbox_record(record)
     host = netbox_host(record, "devices", NetBoxSettings(extra_fields=["serial", "missing"], config_context=True))
     assert host.variables["cmdb_serial"] == "SQ-0001"
     assert "cmdb_missing" not in host.variables
@@ -196,3 +209,10 @@ def test_rest_mapping_errors():
         RestMapping.compile({"host_name": "a", "host_vars": "{a: "})
     with pytest.raises(CmdbError, match="must give a dict"):
         rest_hosts({"records": {"rest": [{"fqdn": "a"}]}}, rest_mapping(host_vars="fqdn"), print)
+
+
+def test_host_variables_limit_the_cmdb_variables_not_the_groups():
+    settings = NetBoxSettings(host_variables=["site", "tags"], extra_fields=["serial"], group_by=["role"])
+    squid = hosts_by_name(settings)["squid01"]
+    assert squid.variables == {"cmdb_site": "cern", "cmdb_tags": ["atlas"], "ansible_host": "192.0.2.11"}
+    assert squid.groups == ["role_squid"]
