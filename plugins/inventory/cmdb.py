@@ -15,8 +15,8 @@ description:
     the inventory uses (the C(fields) query parameter of NetBox 4); never one request per host."
   - Devices and virtual machines are selected and filtered independently.
   - The fetched records are cached through Ansible's cache plugins under a key made of
-    everything that changes what is fetched (URL, backend, object types, filters, fields),
-    so two inventory sources never share an entry and a changed filter is never answered
+    everything that changes what is fetched (URL, backend, object types, filters, fields,
+    and a hash of the token), so two inventory sources never share an entry and a changed filter is never answered
     from an old one. Grouping and C(compose) run on every load, so changing them needs no
     refresh.
   - Values from the CMDB are never templated.
@@ -170,7 +170,9 @@ options:
     type: list
     elements: str
   rest_query:
-    description: Query parameters sent with every request of the V(rest) backend.
+    description:
+      - Query parameters of the V(rest) backend, sent with every page of V(offset) pagination
+        and with the first page of V(next_link) pagination (next links carry their own query).
     type: dict
     default: {}
   rest_records:
@@ -214,6 +216,9 @@ options:
 notes:
   - "Errors name the endpoint: an unreachable CMDB, a rejected token, a URL that is not a
     listing. An object type the token may not read gives a warning and the other types."
+  - The token is only sent to the scheme and host of O(url); redirects are not followed and
+    next links to another host are refused. Answers 429, 502, 503 and 504 are retried three
+    times with backoff.
   - With C(cache=true), a cached answer is used until O(cache_timeout) expires, even when the
     CMDB is down; C(ansible-inventory --flush-cache) reads afresh.
 """
@@ -260,6 +265,8 @@ rest_host_vars: "{ansible_host: ip, cmdb_rack: location.rack, cmdb_owner: owner}
 rest_host_groups: "[role, location.room]"
 """
 
+import hashlib
+import os
 import time
 from typing import Any
 
@@ -275,11 +282,13 @@ from ansible_collections.hepinfra.cloud.plugins.plugin_utils._cmdb import (
     NetBoxSettings,
     RestMapping,
     cache_key,
+    check_token,
     fetch_netbox,
     fetch_rest,
     netbox_fields,
     netbox_hosts,
     netbox_token_header,
+    public_url,
     redact,
     requests,
     rest_hosts,
@@ -298,6 +307,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         if requests is None:
             raise AnsibleParserError("the hepinfra.cloud.cmdb inventory needs the Python library 'requests' on the controller")
         backend = self.get_option("backend")
+        self._check_common_options()
         settings = self._netbox_settings() if backend == "netbox" else None
         fetch_settings = self._fetch_settings(backend, settings)
         key = cache_key(self.NAME, fetch_settings)
@@ -311,10 +321,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                 data = self._cache[key]
             except KeyError:
                 update_cache = True
-            if data is not None and data.get("format") != CACHE_FORMAT:
+            if data is not None and (not isinstance(data, dict) or data.get("format") != CACHE_FORMAT):
                 data, update_cache = None, True
             elif data is not None:
-                self.display.vvv("hepinfra.cloud.cmdb: %s answered from the cache" % fetch_settings["url"])
+                self.display.vvv("hepinfra.cloud.cmdb: %s answered from the cache" % public_url(fetch_settings["url"]))
                 for kind in data.get("forbidden") or []:
                     self.display.warning(
                         "the CMDB token may not read %s (cached answer); the inventory holds the other object types only" % kind.replace("_", " ")
@@ -331,7 +341,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             else:
                 hosts = rest_hosts(data, self._rest_mapping(), self.display.warning)
         except CmdbError as exc:
-            raise AnsibleParserError("hepinfra.cloud.cmdb (%s): %s" % (fetch_settings["url"], exc))
+            raise AnsibleParserError("hepinfra.cloud.cmdb (%s): %s" % (public_url(fetch_settings["url"]), exc)) from None
         transformed = time.perf_counter()
         self._populate(hosts)
         self.display.vvv(
@@ -353,7 +363,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         for entry, template in group_names.items():
             try:
                 str(template).format(key="k", value="v")
-            except (KeyError, IndexError, ValueError) as exc:
+            except Exception as exc:  # any str.format failure: KeyError, AttributeError, ...
                 raise AnsibleParserError("group_names[%s] must be a format with {key} and/or {value}: %s" % (entry, exc))
         if self.get_option("ansible_host") == "custom_field" and not self.get_option("ansible_host_custom_field"):
             raise AnsibleParserError("ansible_host=custom_field needs ansible_host_custom_field")
@@ -384,21 +394,43 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             kinds["virtual_machines"] = dict(self.get_option("vm_query_filters") or {})
         return kinds
 
-    def _fetch_settings(self, backend: str, settings: NetBoxSettings | None) -> dict[str, Any]:
-        """Everything that changes what is fetched, and nothing secret: the cache key's input."""
-        url = self.get_option("url")
-        if not url:
+    def _check_common_options(self) -> None:
+        if not self.get_option("url"):
             raise AnsibleParserError("hepinfra.cloud.cmdb needs url (or HEPINFRA_CMDB_URL)")
+        for name in ("timeout", "page_size", "max_workers"):
+            if self.get_option(name) is None or self.get_option(name) < 1:
+                raise AnsibleParserError("hepinfra.cloud.cmdb: %s must be at least 1" % name)
+        ca_path = self.get_option("ca_path")
+        if ca_path and not os.path.isfile(ca_path):
+            raise AnsibleParserError("hepinfra.cloud.cmdb: ca_path %s is not a file" % ca_path)
+        try:
+            check_token(self.get_option("token"))
+        except CmdbError as exc:
+            raise AnsibleParserError("hepinfra.cloud.cmdb: %s" % exc) from None
+
+    def _fetch_settings(self, backend: str, settings: NetBoxSettings | None) -> dict[str, Any]:
+        """Everything that changes what is fetched: the cache key's input.
+
+        The token is in it only as a hash, so that two tokens with different permissions on the
+        same CMDB never share an entry.
+        """
+        url = self.get_option("url")
+        token = check_token(self.get_option("token")) or ""
+        identity = hashlib.sha256(("hepinfra.cloud.cmdb:" + token).encode()).hexdigest()
         if backend == "netbox":
             return {
                 "backend": backend,
                 "url": url.rstrip("/"),
+                "identity": identity,
                 "kinds": self._kinds(),
                 "fields": {kind: netbox_fields(kind, settings) for kind in self._kinds()},
             }
         return {
             "backend": backend,
             "url": url,
+            "identity": identity,
+            "offset_param": self.get_option("rest_offset_param"),
+            "limit_param": self.get_option("rest_limit_param"),
             "query": self.get_option("rest_query"),
             "records": self.get_option("rest_records"),
             "pagination": self.get_option("rest_pagination"),
@@ -421,7 +453,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
 
     def _fetch(self, backend: str, settings: NetBoxSettings | None) -> dict[str, Any]:
         url = self.get_option("url")
-        token = self.get_option("token")
+        token = check_token(self.get_option("token"))
         validate: bool | str = bool(self.get_option("validate_certs"))
         if validate and self.get_option("ca_path"):
             validate = self.get_option("ca_path")
@@ -442,8 +474,8 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                     self.get_option("page_size"), self.get_option("rest_offset_param"), self.get_option("rest_limit_param"),
                 )
         except CmdbError as exc:
-            raise AnsibleParserError("hepinfra.cloud.cmdb: %s" % redact(str(exc), [token]))
-        self.display.vvv("hepinfra.cloud.cmdb: %d request(s) to %s" % (client.requests_made, url))
+            raise AnsibleParserError("hepinfra.cloud.cmdb: %s" % redact(str(exc), [token, self.get_option("token")])) from None
+        self.display.vvv("hepinfra.cloud.cmdb: %d request(s) to %s" % (client.requests_made, public_url(url)))
         return data
 
     # -- populate -----------------------------------------------------------------------------

@@ -22,14 +22,16 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 try:
     import requests
     from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
 except ImportError:  # reported by the plugin when it is used
     requests = None  # type: ignore[assignment]
 
@@ -123,13 +125,13 @@ def simplify(value: Any) -> Any:
     if isinstance(value, list):
         return [simplify(item) for item in value]
     if isinstance(value, dict):
-        if "value" in value and "label" in value:
+        if set(value) == {"value", "label"}:  # a choice
             return value["value"]
-        for key in ("slug", "name", "address", "model"):
-            if value.get(key) is not None:
-                return value[key]
-        if "display" in value:
-            return value["display"]
+        if "id" in value and "url" in value:  # a NetBox object; a JSON custom field stays as it is
+            for key in ("slug", "name", "address", "model"):
+                if value.get(key) is not None:
+                    return value[key]
+            return value.get("display")
     return value
 
 
@@ -152,11 +154,34 @@ def cache_key(plugin_name: str, settings: dict[str, Any]) -> str:
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """The text with every secret replaced, for messages built from server responses."""
+    """The text with every secret replaced (as given, and as repr() or JSON would show it)."""
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, "********")
+        if not secret:
+            continue
+        for form in sorted({secret, repr(secret)[1:-1], json.dumps(secret)[1:-1]}, key=len, reverse=True):
+            if len(form) >= 4:
+                text = text.replace(form, "********")
     return text
+
+
+def public_url(url: str) -> str:
+    """A URL fit for a message: no user name or password, no query."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = "[%s]" % host
+    netloc = host + (":%d" % parts.port if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def check_token(token: str | None) -> str | None:
+    """A token as pasted (surrounding blanks dropped); refused if it holds control characters."""
+    if token is None:
+        return None
+    token = token.strip()
+    if any(ord(char) < 32 or ord(char) == 127 for char in token):
+        raise CmdbError("the token contains control characters or line breaks; paste it again")
+    return token or None
 
 
 # -- fetch ----------------------------------------------------------------------------------
@@ -183,15 +208,20 @@ class CmdbClient:
             raise CmdbError("the Python library 'requests' is required on the controller")
         self.rest_url = base_url  # the generic backend reads this URL as given
         self.base_url = base_url.rstrip("/") + "/"
+        self.origin = urlsplit(base_url)[:2]  # (scheme, netloc): the only place credentials go
         self.timeout = timeout
+        self.verify = validate_certs
         self.max_workers = max(1, int(max_workers))
         self.requests_made = 0
+        self._count_lock = threading.Lock()
         self._secret = auth_value
         self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self.max_workers + 2)
+        # a busy CMDB answering 429/502/503/504 gets a few retries with backoff
+        retry = Retry(total=3, connect=0, read=0, backoff_factor=0.5, status_forcelist=(429, 502, 503, 504),
+                      allowed_methods=frozenset({"GET"}), raise_on_status=False, respect_retry_after_header=True)
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=self.max_workers + 2, max_retries=retry)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
-        self.session.verify = validate_certs
         self.session.headers["Accept"] = "application/json"
         self.session.headers.update(headers or {})
         if auth_header and auth_value:
@@ -201,18 +231,29 @@ class CmdbClient:
         return urljoin(self.base_url, path)
 
     def get_json(self, url: str, params: dict[str, Any] | list[tuple[str, Any]] | None = None) -> tuple[Any, Any]:
-        """GET one page: (decoded JSON, response). Errors name the endpoint, not the token."""
-        endpoint = url.split("?", 1)[0]
+        """GET one page: (decoded JSON, response). Errors name the endpoint, not the token.
+
+        Credentials only ever go to the scheme and host of the configured URL: redirects are
+        not followed and links elsewhere are refused.
+        """
+        endpoint = public_url(url)
+        if urlsplit(url)[:2] != self.origin:
+            raise CmdbError("%s points away from the configured CMDB %s; the token is only sent there" % (endpoint, public_url(self.rest_url)))
         try:
-            response = self.session.get(url, params=params, timeout=self.timeout)
+            # verify per request: a session-wide setting loses to REQUESTS_CA_BUNDLE in the environment
+            response = self.session.get(url, params=params, timeout=self.timeout, verify=self.verify, allow_redirects=False)
         except requests.exceptions.SSLError as exc:
-            raise CmdbError("TLS verification failed for %s (%s); set ca_path or validate_certs" % (endpoint, self._short(exc)))
+            raise CmdbError("TLS verification failed for %s (%s); set ca_path or validate_certs" % (endpoint, self._short(exc))) from None
         except requests.exceptions.Timeout:
-            raise CmdbError("no answer from %s within %s s" % (endpoint, self.timeout))
-        except requests.exceptions.RequestException as exc:
-            raise CmdbError("cannot reach the CMDB at %s: %s" % (endpoint, self._short(exc)))
+            raise CmdbError("no answer from %s within %s s" % (endpoint, self.timeout)) from None
+        except (requests.exceptions.RequestException, OSError, ValueError) as exc:
+            raise CmdbError("cannot reach the CMDB at %s: %s" % (endpoint, self._short(exc))) from None
         finally:
-            self.requests_made += 1
+            with self._count_lock:
+                self.requests_made += 1
+        if 300 <= response.status_code < 400:
+            target = public_url(urljoin(url, response.headers.get("Location", "")))
+            raise CmdbError("%s redirects (HTTP %d) to %s; set the URL to where it redirects" % (endpoint, response.status_code, target))
         if response.status_code in (401, 403):
             detail = self._detail(response)
             if response.status_code == 401 or "token" in detail.lower() or "credentials" in detail.lower():
@@ -226,7 +267,7 @@ class CmdbClient:
         try:
             return response.json(), response
         except ValueError:
-            raise CmdbError("%s did not answer with JSON (content type %s)" % (endpoint, response.headers.get("Content-Type")))
+            raise CmdbError("%s did not answer with JSON (content type %s)" % (endpoint, response.headers.get("Content-Type"))) from None
 
     def _detail(self, response: Any) -> str:
         try:
@@ -269,13 +310,17 @@ class CmdbClient:
         step = len(records)
         if total is None:
             offset = step
+            previous = records
             while True:
                 page = self.get_json(url, {**params, limit_param: page_size, offset_param: offset})[0]
                 batch = list(records_of(page))
+                if batch and batch == previous:
+                    raise CmdbError("%s answers every offset with the same page; check rest_offset_param/rest_limit_param" % public_url(url))
                 records.extend(batch)
                 if len(batch) < step or not batch:
                     return records
                 offset += len(batch)
+                previous = batch
         offsets = list(range(step, int(total), step))
 
         def fetch(offset: int) -> list[Any]:
@@ -296,7 +341,7 @@ class CmdbClient:
         page_params: dict[str, Any] | None = params
         while page_url:
             if page_url in seen:
-                raise CmdbError("%s links back to a page already read (%s)" % (url, page_url.split("?", 1)[0]))
+                raise CmdbError("%s links back to a page already read (%s)" % (public_url(url), public_url(page_url)))
             seen.add(page_url)
             body, response = self.get_json(page_url, page_params)
             records.extend(records_of(body))
@@ -325,9 +370,28 @@ def query_params(filters: dict[str, Any] | None) -> list[tuple[str, Any]]:
     return params
 
 
+# The NetBox field each variable or group_by key reads, where the names differ.
+_FIELD_OF = {"kind": None, "tag": "tags", "manufacturer": "device_type"}
+
+
 def netbox_fields(kind: str, settings: NetBoxSettings) -> list[str]:
-    """The fields to ask NetBox for: only what the transform reads."""
-    fields = list(NETBOX_KINDS[kind]["fields"])
+    """The fields to ask NetBox for: only what the variables, groups and ansible_host read.
+
+    Every nested object costs NetBox time to render (tags most of all), so a narrow
+    host_variables list also makes the listing itself faster.
+    """
+    available = NETBOX_KINDS[kind]["fields"]
+    if settings.host_variables is None:
+        wanted = set(available)
+    else:
+        wanted = {"id", "name"} | {_FIELD_OF.get(name, name) for name in settings.host_variables}
+        for key in settings.group_by:
+            wanted.add("custom_fields" if key.startswith("custom_field:") else _FIELD_OF.get(key, key))
+        if settings.ansible_host in ("primary_ip", "dns_name"):
+            wanted |= {"primary_ip4", "primary_ip6"}
+        elif settings.ansible_host == "custom_field":
+            wanted.add("custom_fields")
+    fields = [name for name in available if name in wanted]
     if settings.config_context:
         fields.append("config_context")
     for name in settings.extra_fields:
@@ -363,16 +427,17 @@ def fetch_netbox(
         except CmdbError as exc:
             return kind, exc
 
-    with ThreadPoolExecutor(max_workers=max(1, len(kinds))) as pool:
-        results = list(pool.map(read, sorted(kinds)))
-    for kind, outcome in results:
+    # one object type after the other: each already keeps max_workers requests in flight
+    for kind, outcome in [read(kind) for kind in sorted(kinds)]:
         if isinstance(outcome, CmdbForbidden):
             forbidden.append(kind)
             warn("the CMDB token may not read %s (%s); the inventory holds the other object types only" % (kind.replace("_", " "), outcome))
         elif isinstance(outcome, CmdbError):
             errors.append(outcome)
         else:
-            records[kind] = [slim_netbox_record(record) for record in outcome]
+            # a record that moved between pages while they were read would come twice
+            unique = {record.get("id"): record for record in outcome}
+            records[kind] = [slim_netbox_record(record) for record in unique.values()]
     if errors:
         raise errors[0]
     if kinds and not records:
@@ -389,7 +454,7 @@ def netbox_listing(client: CmdbClient, url: str, params: list[tuple[str, Any]], 
 
     def records_of(body: Any) -> list[Any]:
         if not isinstance(body, dict) or not isinstance(body.get("results"), list):
-            raise CmdbError("%s did not answer with a NetBox listing (no 'results'); is the URL the NetBox base URL?" % url)
+            raise CmdbError("%s did not answer with a NetBox listing (no 'results'); is the URL the NetBox base URL?" % public_url(url))
         return body["results"]
 
     return client.pages_by_offset(url, plain, page_size, records_of, lambda body: body.get("count"))
@@ -465,7 +530,8 @@ def netbox_ansible_host(record: dict[str, Any], settings: NetBoxSettings) -> str
         return None
     if mode == "custom_field":
         value = (record.get("custom_fields") or {}).get(settings.ansible_host_custom_field or "")
-        return str(value) if value not in (None, "") else None
+        # an IP address custom field holds 'address/prefix length'
+        return strip_prefix_length(str(value)) if value not in (None, "") else None
     order = ("primary_ip4", "primary_ip6") if settings.ip_preference == "ipv4" else ("primary_ip6", "primary_ip4")
     for key in order:
         ip = record.get(key)
@@ -598,9 +664,9 @@ def rest_records_of(mapping: RestMapping, url: str) -> Callable[[Any], list[Any]
     def records_of(body: Any) -> list[Any]:
         found = mapping.records.search(body)
         if found is None:
-            return []
+            raise CmdbError("rest_records selected nothing in the answer of %s; is it the listing's URL?" % public_url(url))
         if not isinstance(found, list):
-            raise CmdbError("rest_records did not select a list in the answer of %s" % url)
+            raise CmdbError("rest_records did not select a list in the answer of %s" % public_url(url))
         return found
 
     return records_of
@@ -650,9 +716,9 @@ def rest_hosts(data: dict[str, Any], mapping: RestMapping, warn: Callable[[str],
         if variables is not None and not isinstance(variables, dict):
             raise CmdbError("rest_host_vars must give a dict for each record; for %s it gave %s" % (name, type(variables).__name__))
         groups_value = mapping.host_groups.search(record) if mapping.host_groups is not None else None
-        if isinstance(groups_value, str):
+        if groups_value is not None and not isinstance(groups_value, list):
             groups_value = [groups_value]
-        groups = [safe_group_name(str(g)) for g in (groups_value or []) if g not in (None, "")]
+        groups = [safe_group_name(str(g)) for g in (groups_value or []) if g not in (None, "") and not isinstance(g, (dict, list))]
         entry = hosts.setdefault(name, HostEntry(name=name))
         entry.variables.update(variables or {})
         entry.groups.extend(g for g in groups if g not in entry.groups)

@@ -92,7 +92,7 @@ def main() -> int:
         path.write_text(json.dumps(config))
         for mode in ("flush", "cache"):
             label = "cold" if mode == "flush" else "cached"
-            samples = [measure([*loader, str(path), mode], env) for _ in range(REPEAT)]
+            samples = [measure([*loader, str(path), mode], env) for _run in range(REPEAT)]
             rows.append((name, f"inventory load, {label}", samples))
             figures[(name, label)] = statistics.median(s[0] for s in samples)
         if LIST:

@@ -178,7 +178,7 @@ def test_small_pages_fetched_in_parallel_give_the_same_inventory(base, run_inven
     assert paged.returncode == 0, paged.stderr
     assert paged.data == whole.data
     # 4 devices in pages of 2 and 3 VMs in pages of 2: 2 + 2 requests, not one per host
-    assert re.search(r"4 request\(s\) to ", paged.stdout + paged.stderr), paged.stderr[-2000:]
+    assert re.search(r"\b4 request\(s\) to ", paged.stdout + paged.stderr), paged.stderr[-2000:]
 
 
 def test_unreachable_cmdb_names_the_endpoint(run_inventory):
@@ -195,6 +195,13 @@ def test_wrong_token_is_a_clear_error_without_the_token(netbox_instance, run_inv
     assert f"the CMDB at {netbox_instance.url}/api/" in result.stderr
     assert "rejected the credentials" in result.stderr
     assert wrong not in result.stderr and wrong[:20] not in result.stderr
+
+
+def test_token_with_a_line_break_is_refused_without_showing_it(netbox_instance, run_inventory):
+    result = run_inventory({"plugin": "hepinfra.cloud.cmdb", "url": netbox_instance.url, "token": "0123456789ab\ncdef0123456789abcdef01234567"})
+    assert result.returncode != 0
+    assert "the token contains control characters or line breaks" in result.stderr
+    assert "0123456789ab" not in result.stderr and "cdef0123456789" not in result.stderr
 
 
 def test_not_a_netbox_url(netbox_instance, run_inventory):
@@ -227,6 +234,10 @@ def test_cache_answers_while_the_cmdb_is_down(netbox_instance, base, run_invento
     other = run_inventory({**cached, "virtual_machines": False}, name="other.cmdb.yml")
     assert sorted(hostvars(other)) == ["node01", "squid01", "storage01"]
     assert len(list((tmp_path / "cache").iterdir())) == 2  # two sources, two entries
+    # the same source with a token that may read less is another entry, not the first one's data
+    reader = run_inventory({**cached, "token": netbox.READER_TOKEN}, name="reader.cmdb.yml")
+    assert sorted(hostvars(reader)) == ["node01", "squid01", "storage01"]
+    assert len(list((tmp_path / "cache").iterdir())) == 3
     netbox.http_down()
     try:
         again = run_inventory(cached)

@@ -39,8 +39,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 - http.server's name
         Handler.requests_seen.append(self.path)
-        if self.headers.get("X-Api-Key") != API_KEY:
-            return self._send(401, {"detail": "Authentication credentials were not provided or are invalid."})
+        if self.headers.get("X-Api-Key") != API_KEY:  # a careless API that repeats what it got
+            return self._send(401, {"detail": f"Invalid API key {self.headers.get('X-Api-Key')!r}."})
         url = urlparse(self.path)
         query = parse_qs(url.query)
         if url.path == "/v1/machines":  # next link in the body, 4 per page
@@ -48,8 +48,8 @@ class Handler(BaseHTTPRequestHandler):
             chunk = MACHINES[page * 4:(page + 1) * 4]
             following = f"/v1/machines?page={page + 1}" if (page + 1) * 4 < len(MACHINES) else None
             return self._send(200, {"data": {"items": chunk, "next": following}})
-        if url.path == "/v2/machines":  # offset/limit with a total
-            offset, limit = int(query["start"][0]), int(query["count"][0])
+        if url.path == "/v2/machines":  # offset/limit with a total; at most 4 per page whatever is asked
+            offset, limit = int(query["start"][0]), min(4, int(query["count"][0]))
             return self._send(200, {"total": len(MACHINES), "machines": MACHINES[offset:offset + limit]})
         if url.path == "/v3/machines":  # a bare list, pages linked by the Link header
             page = int(query.get("page", ["0"])[0])
@@ -57,6 +57,14 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, MACHINES[page * 5:(page + 1) * 5], headers)
         if url.path == "/loop":
             return self._send(200, {"items": [], "next": "/loop"})
+        if url.path == "/elsewhere":  # a next link to another host
+            return self._send(200, {"items": [], "next": "http://127.0.0.2:9/steal"})
+        if url.path == "/moved":
+            self.send_response(301)
+            self.send_header("Location", "/v1/machines")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return None
         return self._send(404, {"detail": "Not found."})
 
 
@@ -98,8 +106,9 @@ def test_next_link_in_the_body(service, run_inventory):
 
 
 def test_offset_with_total_and_keyed_groups(service, run_inventory):
+    # the server gives 4 where 10 are asked: pages step by what it returned
     result = run_inventory(rest(service + "/v2/machines", rest_pagination="offset", rest_records="machines", rest_total="total",
-                                rest_offset_param="start", rest_limit_param="count", page_size=3,
+                                rest_offset_param="start", rest_limit_param="count", page_size=10,
                                 keyed_groups=[{"key": "cmdb_rack", "prefix": "rack"}]))
     assert result.returncode == 0, result.stderr
     assert sorted(result.data["_meta"]["hostvars"]) == expected_hosts()
@@ -117,6 +126,7 @@ def test_wrong_key_is_a_clear_error(service, run_inventory):
     result = run_inventory({**config, "token": "wrong-key-123456"})
     assert result.returncode != 0
     assert f"the CMDB at {service}/v1/machines rejected the credentials (HTTP 401" in result.stderr
+    assert "Invalid API key" in result.stderr  # the server's own words, with the key hidden
     assert "wrong-key-123456" not in result.stderr
 
 
@@ -129,3 +139,14 @@ def test_mapping_errors_are_clear(service, run_inventory):
     assert no_name.returncode != 0 and "rest_host_name is required" in no_name.stderr
     loop = run_inventory(rest(service + "/loop", rest_pagination="next_link", rest_records="items"))
     assert loop.returncode != 0 and "links back to a page already read" in loop.stderr
+    missing = run_inventory(rest(service + "/v1/machines", rest_records="data.nothing", rest_pagination="none"))
+    assert missing.returncode != 0 and "rest_records selected nothing" in missing.stderr
+
+
+def test_the_key_goes_nowhere_else(service, run_inventory):
+    elsewhere = run_inventory(rest(service + "/elsewhere", rest_pagination="next_link", rest_records="items"))
+    assert elsewhere.returncode != 0
+    assert "http://127.0.0.2:9/steal points away from the configured CMDB" in elsewhere.stderr
+    moved = run_inventory(rest(service + "/moved", rest_pagination="none", rest_records="data.items"))
+    assert moved.returncode != 0
+    assert f"{service}/moved redirects (HTTP 301) to {service}/v1/machines" in moved.stderr

@@ -232,14 +232,16 @@ def http_up(root: Path, workers: int = 2) -> int:
         env=env, stdout=logfile, stderr=subprocess.STDOUT, start_new_session=True,
     )
 
-    def answers() -> bool:
+    def answers_or_exited() -> bool:
         if proc.poll() is not None:
-            raise TestbedError(f"gunicorn exited ({proc.returncode}); see {root.parent / 'gunicorn.log'}")
+            return True  # reported below at once, not after the timeout
         request = urllib.request.Request(f"http://127.0.0.1:{HTTP_PORT}/api/status/", headers={"Authorization": f"Token {ADMIN_TOKEN}"})
         with urllib.request.urlopen(request, timeout=5) as response:
             return response.status == 200
 
-    wait_for(answers, 120, 0.5, "NetBox API")
+    wait_for(answers_or_exited, 120, 0.5, "NetBox API")
+    if proc.poll() is not None:
+        raise TestbedError(f"gunicorn exited ({proc.returncode}); see {root.parent / 'gunicorn.log'}")
     (root.parent / "gunicorn.pid").write_text(str(proc.pid))
     return proc.pid
 

@@ -20,9 +20,12 @@ from ansible_collections.hepinfra.cloud.plugins.plugin_utils._cmdb import (
     NetBoxSettings,
     RestMapping,
     cache_key,
+    check_token,
+    netbox_fields,
     netbox_host,
     netbox_hosts,
     netbox_token_header,
+    public_url,
     query_params,
     redact,
     rest_hosts,
@@ -141,10 +144,12 @@ def test_extra_fields_and_config_context():
 
 @pytest.mark.parametrize("value, expected", [
     ({"value": "active", "label": "Active"}, "active"),
-    ({"id": 1, "name": "CERN", "slug": "cern"}, "cern"),
-    ({"id": 2, "name": "R1-01"}, "R1-01"),
-    ({"id": 3, "address": "192.0.2.1/24"}, "192.0.2.1/24"),
-    ([{"slug": "a"}, {"slug": "b"}], ["a", "b"]),
+    ({"id": 1, "url": "u", "name": "CERN", "slug": "cern"}, "cern"),
+    ({"id": 2, "url": "u", "name": "R1-01"}, "R1-01"),
+    ({"id": 3, "url": "u", "address": "192.0.2.1/24"}, "192.0.2.1/24"),
+    ([{"id": 4, "url": "u", "slug": "a"}, {"id": 5, "url": "u", "slug": "b"}], ["a", "b"]),
+    ({"name": "json custom field", "slug": "kept"}, {"name": "json custom field", "slug": "kept"}),
+    ({"value": 1, "label": "x", "unit": "GB"}, {"value": 1, "label": "x", "unit": "GB"}),
     ("text", "text"),
     (None, None),
 ])
@@ -179,6 +184,17 @@ def test_token_headers():
 
 def test_redact():
     assert redact("bad token s3cr3t in s3cr3t", ["s3cr3t", None]) == "bad token ******** in ********"
+    assert redact("Invalid header value b'Token ab\\ncd'", ["Token ab\ncd"]) == "Invalid header value b'********'"
+
+
+def test_public_url_drops_credentials_and_query():
+    assert public_url("https://user:pw@cmdb.example:8443/api/x/?token=abc") == "https://cmdb.example:8443/api/x/"
+
+
+def test_tokens_are_checked():
+    assert check_token("  abc\n") == "abc"
+    with pytest.raises(CmdbError, match="control characters"):
+        check_token("ab\ncd")
 
 
 def rest_mapping(**overrides) -> RestMapping:
@@ -216,3 +232,14 @@ def test_host_variables_limit_the_cmdb_variables_not_the_groups():
     squid = hosts_by_name(settings)["squid01"]
     assert squid.variables == {"cmdb_site": "cern", "cmdb_tags": ["atlas"], "ansible_host": "192.0.2.11"}
     assert squid.groups == ["role_squid"]
+
+
+def test_only_the_fields_in_use_are_asked_for():
+    assert netbox_fields("devices", NetBoxSettings()) == [
+        "id", "name", "site", "location", "rack", "role", "platform", "tenant", "tags", "status", "cluster",
+        "device_type", "primary_ip4", "primary_ip6", "custom_fields",
+    ]
+    lean = NetBoxSettings(host_variables=["site"], group_by=["tag", "manufacturer"], ansible_host="none", extra_fields=["serial"])
+    assert netbox_fields("devices", lean) == ["id", "name", "site", "tags", "device_type", "serial"]
+    by_field = NetBoxSettings(host_variables=[], group_by=["custom_field:gpus"], ansible_host="dns_name")
+    assert netbox_fields("virtual_machines", by_field) == ["id", "name", "primary_ip4", "primary_ip6", "custom_fields"]
