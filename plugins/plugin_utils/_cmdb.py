@@ -543,15 +543,13 @@ def netbox_ansible_host(record: dict[str, Any], settings: NetBoxSettings) -> str
     return None
 
 
-NETBOX_VARIABLES = (
-    "kind", "id", "site", "role", "platform", "tenant", "status", "tags", "cluster", "custom_fields",
-    "primary_ip4", "primary_ip6", "location", "rack", "device_type", "manufacturer", "vcpus", "memory", "disk",
-)
 _COMMON_VARIABLES = ("site", "role", "platform", "tenant", "status", "tags", "cluster", "custom_fields")
 _KIND_VARIABLES = {
     "devices": ("location", "rack", "device_type", "manufacturer"),
     "virtual_machines": ("vcpus", "memory", "disk"),
 }
+# every cmdb_ variable name (without the prefix) that host_variables may list
+NETBOX_VARIABLES = ("kind", "id", *_COMMON_VARIABLES, "primary_ip4", "primary_ip6", *_KIND_VARIABLES["devices"], *_KIND_VARIABLES["virtual_machines"])
 
 
 def netbox_host(record: dict[str, Any], kind: str, settings: NetBoxSettings) -> HostEntry | None:
