@@ -233,12 +233,43 @@ class Restic:
                     return message
         raise ResticError("%s: restic reported no snapshot" % phase, target=self.where, phase=phase)
 
-    def dump(self, snapshot_id: str, path: str) -> subprocess.Popen:
-        """Start ``restic dump``; the caller reads stdout and must wait() for the process."""
-        return subprocess.Popen(  # pylint: disable=consider-using-with
-            [self.binary, "dump", snapshot_id, path], env=self.env, stdout=subprocess.PIPE,
-            stderr=tempfile.TemporaryFile(),
-        )
+    def dump(self, snapshot_id: str, filename: str, phase: str, sink, chunk_size: int = 4 << 20) -> None:
+        """Stream one file of a snapshot into ``sink(chunk)``; raise if restic fails."""
+        with tempfile.TemporaryFile() as err:
+            try:
+                proc = subprocess.Popen([self.binary, "dump", snapshot_id, "/" + filename.lstrip("/")],  # pylint: disable=consider-using-with
+                                        env=self.env, stdout=subprocess.PIPE, stderr=err)
+            except OSError as exc:
+                raise ResticError("%s: cannot run %s: %s" % (phase, self.binary, exc), target=self.where, phase=phase) from None
+            try:
+                while True:
+                    chunk = proc.stdout.read(chunk_size)
+                    if not chunk:
+                        break
+                    sink(chunk)
+            except BaseException:
+                interrupt(proc, grace=5)
+                raise
+            finally:
+                proc.stdout.close()
+            returncode = proc.wait()
+            if returncode != 0:
+                err.seek(0)
+                raise self.error(phase, returncode, err.read().decode(errors="replace"))
+
+    def read_file(self, snapshot_id: str, filename: str, phase: str, limit: int = 64 << 20) -> bytes:
+        """The contents of a small file in a snapshot (a manifest)."""
+        parts: list[bytes] = []
+        size = [0]
+
+        def collect(chunk: bytes) -> None:
+            size[0] += len(chunk)
+            if size[0] > limit:
+                raise ResticError("%s: %s is larger than %d bytes" % (phase, filename, limit), target=self.where, phase=phase)
+            parts.append(chunk)
+
+        self.dump(snapshot_id, filename, phase, collect)
+        return b"".join(parts)
 
 
 def interrupt(proc: subprocess.Popen, grace: float = 30) -> None:
