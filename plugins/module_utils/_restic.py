@@ -25,6 +25,8 @@ from ansible_collections.hepinfra.cloud.plugins.module_utils._base import SHARED
 EXIT_NO_REPOSITORY = 10
 EXIT_LOCKED = 11
 EXIT_WRONG_PASSWORD = 12
+# What restic says when it cannot reach a repository at all.
+UNREACHABLE = ("connection refused", "no such host", "network is unreachable", "no route to host")
 
 RESTIC_SPEC: dict[str, dict[str, Any]] = {
     "repository": {"type": "str", "required": True},
@@ -139,6 +141,9 @@ class Restic:
                 return True
             except ResticError as exc:
                 init_error = exc
+                # No need to wait for 'cat config' to time out when init already could not connect.
+                if any(sign in exc.message.lower() for sign in UNREACHABLE):
+                    raise
         else:
             init_error = None
         result = self.run(["cat", "config"], "repository open", timeout=self.timeout, ok=(0, EXIT_NO_REPOSITORY))

@@ -156,11 +156,12 @@ def daemon_up() -> None:
     if _libvirt_answers():
         return
     log("starting virtlogd and libvirtd")
+    _kvm_device_like_udev()
     started: dict[str, object] = {}
     for daemon in ("virtlogd", "libvirtd"):
         pidfile = Path(f"/run/{daemon}.pid")
         if run(["pgrep", "-x", daemon], check=False).returncode != 0:
-            run(_daemon_command(daemon))
+            run([daemon, "-d"])
             pid = wait_for(lambda p=pidfile: p.exists() and p.read_text().strip(), timeout=30, what=f"{daemon} pid")
             started[daemon] = int(pid)
     wait_for(_libvirt_answers, timeout=60, what="libvirtd to answer")
@@ -168,18 +169,32 @@ def daemon_up() -> None:
     _daemon_state().write_text(json.dumps(started))
 
 
-def _daemon_command(daemon: str) -> list[str]:
-    """How to start a daemon; libvirtd without /dev/kvm where KVM cannot run guests anyway.
+def _kvm_device_like_udev() -> None:
+    """Give /dev/kvm the group Debian's udev rule gives it (kvm, 0660) when no udev ran.
 
-    On these machines /dev/kvm exists but cannot boot a guest (see TESTBED.md), and libvirt
-    then finds its cached QEMU capabilities stale on every define and probes QEMU again:
-    about 48 s per define. Guests run under TCG (type 'qemu'); hiding /dev/kvm from libvirtd
-    (a private mount namespace) keeps the cache valid and a define takes milliseconds.
+    On these machines /dev/kvm belongs to a group that does not exist here. libvirt then
+    finds that the QEMU user cannot open it, decides on every define that its cached QEMU
+    capabilities (probed with KVM) are stale and probes QEMU again: about 48 s per define.
+    With the group udev would set, the cache stays valid and a define takes milliseconds.
+    Guests still run under TCG (type 'qemu'): this KVM cannot boot them (see TESTBED.md).
     """
-    if daemon != "libvirtd" or not Path("/dev/kvm").exists() or os.environ.get("HEPINFRA_TESTBED_KVM") == "1":
-        return [daemon, "-d"]
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-            "mount --bind /dev/null /dev/kvm && exec libvirtd -d"]
+    import grp  # pylint: disable=import-outside-toplevel
+
+    kvm = Path("/dev/kvm")
+    if not kvm.exists():
+        return
+    try:
+        grp.getgrgid(kvm.stat().st_gid)
+        return  # a known group: udev (or an admin) set it up
+    except KeyError:
+        pass
+    try:
+        group = grp.getgrnam("kvm")
+    except KeyError:
+        return
+    os.chown(kvm, 0, group.gr_gid)
+    kvm.chmod(0o660)
+    log("/dev/kvm had no known group: set to kvm 0660 as udev would")
 
 
 def _active_networks() -> list[str]:
