@@ -27,7 +27,8 @@ TESTBED := $(BIN)/python -m hepinfra_testbed
 # Debian packages the tests and the demo need, installed in one apt-get call.
 APT_PACKAGES := git make rsync podman runc netavark aardvark-dns slirp4netns uidmap fuse-overlayfs \
 	debootstrap zstd iptables dnsmasq-base libvirt-daemon-system libvirt-clients qemu-system-x86 \
-	qemu-utils cloud-image-utils libvirt-dev pkg-config gcc python3-dev postgresql redis-server time
+	qemu-utils cloud-image-utils libvirt-dev pkg-config gcc python3-dev postgresql redis-server time \
+	libnbd-bin e2fsprogs
 
 ROLES := $(sort $(notdir $(patsubst %/molecule/,%,$(dir $(wildcard roles/*/molecule/)))))
 INTEGRATION_TARGETS := $(notdir $(wildcard tests/integration/targets/*))

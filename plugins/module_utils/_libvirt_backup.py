@@ -427,4 +427,3 @@ def retention(restic: Restic, domain: str, host: str | None, policy: dict[str, i
     forget = runs_to_forget(plan, snapshots, current_run)
     restic.forget(forget)
     return forget
-

@@ -42,9 +42,11 @@ extends_documentation_fragment:
   - hepinfra.cloud.restic
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Lists the domains and disks that would be backed up; neither libvirt nor the repository is changed.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   uri:

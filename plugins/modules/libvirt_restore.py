@@ -31,9 +31,11 @@ extends_documentation_fragment:
   - hepinfra.cloud.restic
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Reads the repository to choose the run and checks for conflicts; writes nothing.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 options:
   uri:

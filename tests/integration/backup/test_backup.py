@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 from conftest import PASSWORD, image_sha256
@@ -97,7 +98,7 @@ def test_shut_off_domain_and_check_mode(firmware_domain, repo, run_module):
 def test_retention_keeps_complete_runs_and_drops_interrupted_ones(firmware_domain, repo, run_module):
     domain = firmware_domain("keep")
     runs = []
-    for _ in range(3):
+    for _attempt in range(3):
         done = run_module(BACKUP, dict(repo.args, domains=[domain.name], keep_last=2))
         assert not done.failed, done.msg
         runs.append(done.result["domains"][0]["run"])
@@ -222,7 +223,7 @@ def test_overlays_of_a_killed_run_are_committed_back(then_shut_off, firmware_dom
     expected = {t: image_sha256(p) for t, p in domain.disks.items()}
     overlay = domain.disks["vda"] + ".hepinfra-backup-20261128T000000Z-0a0b0c.qcow2"
     domain.virsh("snapshot-create-as", domain.name, "--disk-only", "--atomic", "--no-metadata",
-                  "--diskspec", f"vda,file={overlay}", "--diskspec", "vdb,snapshot=no")
+                 "--diskspec", f"vda,file={overlay}", "--diskspec", "vdb,snapshot=no")
     assert domain.sources()["vda"] == overlay
     if then_shut_off:
         domain.virsh("destroy", domain.name)
@@ -248,7 +249,7 @@ def test_secrets_stay_out_of_output_and_arguments(firmware_domain, repo, pool, r
                    f"exec \"{repo.args['restic_path']}\" \"$@\"\n")
     spy.chmod(0o755)
     domain = firmware_domain("secret")
-    pool_name, _ = pool("secret")
+    pool_name = pool("secret")[0]
     args = dict(repo.args, restic_path=str(spy), domains=[domain.name])
     runs = [
         run_module(BACKUP, args, verbosity=3),
@@ -269,3 +270,36 @@ def test_secrets_stay_out_of_output_and_arguments(firmware_domain, repo, pool, r
     assert all(line.endswith("password-from-env=yes") for line in calls.splitlines())
     for secret in secrets:
         assert secret not in calls
+
+
+def test_backup_playbook_writes_a_summary_and_fails_on_failure(firmware_domain, repo, tmp_path):
+    domain = firmware_domain("play")
+    summary = tmp_path / "summary"
+    inventory = {"hypervisors": {"hosts": {"localhost": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable, "backup_become": False,
+        "backup_summary_dir": str(summary), "backup_domains": [domain.name], "backup_keep_last": 3,
+        **{"backup_" + key: value for key, value in repo.args.items()},
+    }}}}
+    (tmp_path / "inventory.json").write_text(json.dumps(inventory))
+
+    def play(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["ansible-playbook", "-i", str(tmp_path / "inventory.json"), "hepinfra.cloud.backup", *extra],
+                              capture_output=True, text=True, check=False, timeout=600,
+                              env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCAL_TEMP=str(tmp_path / "tmp")))
+
+    good = play()
+    assert good.returncode == 0, good.stdout + good.stderr
+    last = json.loads((summary / "last.json").read_text())
+    report = last["hosts"]["localhost"]
+    assert report["failed"] is False
+    assert [(d["name"], d["state"]) for d in report["domains"]] == [(domain.name, "backed up")]
+    assert report["domains"][0]["bytes_read"] == (64 + 16) << 20
+    text = (summary / "last.txt").read_text()
+    assert "localhost: ok" in text and domain.name in text
+
+    bad = play("-e", "backup_repository_password=not-the-password")
+    assert bad.returncode != 0
+    report = json.loads((summary / "last.json").read_text())["hosts"]["localhost"]
+    assert report["failed"] is True and "wrong repository password" in report["msg"]
+    assert "localhost: FAILED" in (summary / "last.txt").read_text()
+    assert len((summary / "history.jsonl").read_text().splitlines()) == 2

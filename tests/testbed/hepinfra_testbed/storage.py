@@ -182,7 +182,7 @@ def s3_down() -> bool:
             time.sleep(0.1)
         if Path(f"/proc/{info.pid}").exists():
             os.killpg(info.pid, signal.SIGKILL)
-        for _ in range(50):
+        for _attempt in range(50):
             if not Path(f"/proc/{info.pid}").exists():
                 break
             time.sleep(0.1)
