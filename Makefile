@@ -28,7 +28,7 @@ TESTBED := $(BIN)/python -m hepinfra_testbed
 APT_PACKAGES := git make rsync podman runc netavark aardvark-dns slirp4netns uidmap fuse-overlayfs \
 	debootstrap zstd iptables dnsmasq-base libvirt-daemon-system libvirt-clients qemu-system-x86 \
 	qemu-utils cloud-image-utils libvirt-dev pkg-config gcc python3-dev postgresql redis-server time \
-	libnbd-bin e2fsprogs
+	libnbd-bin e2fsprogs systemd
 
 ROLES := $(sort $(notdir $(patsubst %/molecule/,%,$(dir $(wildcard roles/*/molecule/)))))
 INTEGRATION_TARGETS := $(notdir $(wildcard tests/integration/targets/*))
@@ -143,11 +143,15 @@ netbox-down: ## stop the NetBox that netbox-up or the tests started
 # -- benchmarks (figures printed, never asserted) --------------------------------------------
 
 .PHONY: bench
-bench: bench-inventory ## every benchmark
+bench: bench-inventory bench-backup ## every benchmark
 
 .PHONY: bench-inventory
 bench-inventory: bootstrap ## 10,000 NetBox hosts: hepinfra.cloud.cmdb vs nb_inventory, cold and cached
 	$(BIN)/python tests/bench/bench_inventory.py
+
+.PHONY: bench-backup
+bench-backup: bootstrap ## live backup of a domain with GiBs of real data into restic on S3: full vs dd, incremental after 1%
+	$(BIN)/python tests/bench/bench_backup.py
 
 .PHONY: molecule
 molecule: bootstrap ## molecule test for one role: make molecule ROLE=x [SCENARIO=y] [MOLECULE_COMMAND=converge]

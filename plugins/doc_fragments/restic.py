@@ -13,9 +13,10 @@ options:
   repository:
     description:
       - The restic repository, in restic's own syntax, for example C(s3:https://s3.example.org/backups/vms),
-        C(rest:https://user:pass@backup.example.org/vms), C(sftp:backup@store:/srv/restic) or a local path.
-      - It reaches restic through the environment (E(RESTIC_REPOSITORY)), never on its command line, and
-        messages show it without credentials.
+        C(rest:https://backup.example.org/vms), C(sftp:backup@store:/srv/restic) or a local path.
+      - It reaches restic through the environment (E(RESTIC_REPOSITORY)), never on its command line.
+      - A URL with credentials (C(user:password@)) is refused, since this option is shown in task output;
+        give rest-server credentials as E(RESTIC_REST_USERNAME) and E(RESTIC_REST_PASSWORD) in O(restic_env).
     type: str
     required: true
   repository_password:

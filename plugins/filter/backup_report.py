@@ -29,7 +29,7 @@ def backup_report(result: Any) -> dict[str, Any]:
         if entry.get("error"):
             domain["error"] = entry["error"]
         domains.append(domain)
-    failed = bool(result.get("failed"))
+    failed = bool(result.get("failed") or result.get("unreachable"))
     return {"failed": failed, "msg": str(result.get("msg", "")) if failed else "", "domains": domains}
 
 

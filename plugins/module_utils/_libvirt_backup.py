@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -36,12 +37,13 @@ from typing import Any, Iterator
 
 from ansible_collections.hepinfra.cloud.plugins.module_utils._base import HepinfraError
 from ansible_collections.hepinfra.cloud.plugins.module_utils._libvirt_disks import (
-    MANIFEST_FORMAT, Disk, agent_connected, disk_filename, disk_sources, is_backup_overlay,
-    manifest_filename, overlay_path, parse_disks, run_tags, select_disks, snapshot_of_domain, snapshot_xml, TAG, runs_to_forget,
+    MANIFEST_FORMAT, OVERLAY_MARK, Disk, agent_connected, disk_filename, disk_sources, is_backup_overlay,
+    kept_run_ids, manifest_filename, overlay_path, parse_disks, run_tags, select_disks, snapshot_of_domain, snapshot_xml, TAG, runs_to_forget,
 )
 from ansible_collections.hepinfra.cloud.plugins.module_utils._restic import Restic, ResticError
 
-PIVOT_TIMEOUT = 600
+# A commit whose progress stands still this long is cancelled (the domain stays on its overlay).
+COMMIT_STALL_TIMEOUT = 300
 
 
 class PhaseError(HepinfraError):
@@ -72,9 +74,15 @@ class ImageReader:
             raise HepinfraError("reading %s failed (%s)" % (self.path, message[-1] if message else "exit %d" % returncode))
 
     def close(self) -> None:
+        # SIGTERM, not SIGKILL: nbdcopy then stops the qemu-nbd it started, whose lock on the
+        # image would otherwise block the commit that follows.
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         self.proc.stdout.close()
         self.errors.close()
 
@@ -82,8 +90,10 @@ class ImageReader:
 @contextlib.contextmanager
 def domain_lock(uuid: str, name: str) -> Iterator[None]:
     """One backup per domain at a time on this host."""
-    directory = "/run/lock" if os.path.isdir("/run/lock") else tempfile.gettempdir()
-    path = os.path.join(directory, "hepinfra-libvirt-backup-%s.lock" % uuid)
+    # A directory only root can write: nobody else can hold the lock and block backups.
+    directory = "/run/hepinfra" if os.path.isdir("/run") and os.access("/run", os.W_OK) else os.path.join(tempfile.gettempdir(), "hepinfra")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, "libvirt-backup-%s.lock" % uuid)
     with open(path, "a", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -124,6 +134,11 @@ class DomainBackup:
             raise PhaseError("; ".join(problems), target="domain %s" % self.name)
         if not disks:
             raise PhaseError("the domain has no disk to back up", target="domain %s" % self.name)
+        if running and not self.options.get("overlay_dir"):
+            block = [disk.target for disk in disks if disk.kind == "block" and not disk.readonly]
+            if block:
+                raise PhaseError("disk %s is a block device: its temporary overlay needs a directory" % ", ".join(block),
+                                 target="domain %s" % self.name, hint="set overlay_dir", phase="plan")
         quiesce = False
         mode = self.options["quiesce"]
         if running and mode != "never":
@@ -142,18 +157,22 @@ class DomainBackup:
 
     # -- run --------------------------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
+    def run(self, retention_policy: dict[str, int] | None = None, host: str | None = None) -> dict[str, Any]:
         started = time.monotonic()
         uuid = self.dom.UUIDString()
         with domain_lock(uuid, self.name):
-            self.phase = "recover"
-            self.recover()
-            disks, running, quiesce = self.plan()
-            before = disk_sources(self.dom.XMLDesc(0))
+            try:
+                self.phase = "recover"
+                self.recover()
+                self.phase = "plan"
+                disks, running, quiesce = self.plan()
+                before = disk_sources(self.dom.XMLDesc(0))
+            except BaseException as exc:  # pylint: disable=broad-exception-caught
+                raise self.phase_error(exc) from None
             error: BaseException | None = None
             try:
                 if running:
-                    self.phase = "quiesce" if quiesce else "snapshot"
+                    self.phase = "snapshot"
                     self.snapshot(disks, quiesce)
                 self.result["quiesced"] = quiesce
                 self.result["running"] = running
@@ -165,20 +184,46 @@ class DomainBackup:
                 self.write_manifest(entries, running)
             except BaseException as exc:  # pylint: disable=broad-exception-caught
                 error = exc
+            failed_phase = self.phase
             commit_error = self.commit_all()
-            if commit_error is not None:
-                # The worst case: the domain still runs on an overlay. Say so first.
-                raise commit_error
+            self.resume_if_paused(running)
             if error is not None:
                 self.forget_partial()
-                raise self.phase_error(error)
+                self.phase = failed_phase
+                failure = self.phase_error(error)
+                if commit_error is not None:
+                    # The worst case: the domain still runs on an overlay. Say so first.
+                    raise PhaseError("%s; and then %s" % (commit_error.message, failure.message), target=commit_error.target,
+                                     hint=commit_error.hint, phase="commit") from None
+                raise failure
+            if commit_error is not None:
+                raise commit_error
             after = disk_sources(self.dom.XMLDesc(0))
             if after != before:
                 raise PhaseError("commit: the disk sources changed during the backup (%s -> %s)" % (before, after),
                                  target="domain %s" % self.name, phase="commit")
+            if retention_policy:
+                self.phase = "retention"
+                try:
+                    self.result["forgotten"] = retention(self.restic, self.name, host, retention_policy, self.run_id)
+                except HepinfraError as exc:
+                    raise self.phase_error(exc) from None
             self.result["state"] = "backed up"
             self.result["duration"] = round(time.monotonic() - started, 3)
             return self.result
+
+    def resume_if_paused(self, was_running: bool) -> None:
+        """A guest paused by a full overlay file system (QEMU's werror=enospc) runs again once committed."""
+        if not was_running:
+            return
+        try:
+            state, reason = self.dom.state()
+            if state == self.libvirt.VIR_DOMAIN_PAUSED and reason == self.libvirt.VIR_DOMAIN_PAUSED_IOERROR:
+                self.dom.resume()
+                self.warnings.append("domain %s was paused by an I/O error during the backup (overlay file system full?)"
+                                     " and was resumed" % self.name)
+        except self.libvirt.libvirtError:
+            pass
 
     def phase_error(self, exc: BaseException) -> PhaseError:
         if isinstance(exc, PhaseError):
@@ -283,7 +328,7 @@ class DomainBackup:
         failures = []
         for target, (disk, path) in sorted(self.overlays.items()):
             try:
-                self.commit(target, disk.source, path)
+                self.commit(target, disk.source, path, disk.driver_format)
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 failures.append("%s: %s" % (target, exc.get_error_message() if isinstance(exc, self.libvirt.libvirtError) else exc))
         self.overlays = {}
@@ -296,60 +341,103 @@ class DomainBackup:
             )
         return None
 
-    def commit(self, target: str, original: str, overlay: str) -> None:
+    def commit(self, target: str, original: str, overlay: str, original_format: str | None) -> None:
+        """Commit an overlay back into the image below it and pivot the domain onto that image."""
         lv = self.libvirt
-        self.dom.blockCommit(target, None, None, 0, lv.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | lv.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
-        deadline = time.monotonic() + PIVOT_TIMEOUT
+        job = self.dom.blockJobInfo(target, 0)
+        if not job:
+            # An active commit left by a killed run is reused; anything else is started fresh.
+            self.dom.blockCommit(target, None, None, 0, lv.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE | lv.VIR_DOMAIN_BLOCK_COMMIT_SHALLOW)
+        elif job.get("type") != lv.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT:
+            raise HepinfraError("disk %s has another block job running (type %s)" % (target, job.get("type")))
+        last = (-1, time.monotonic())
         while True:
-            try:
-                self.dom.blockJobAbort(target, lv.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
-                break
-            except lv.libvirtError as exc:
-                if exc.get_error_code() != lv.VIR_ERR_BLOCK_COPY_ACTIVE or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+            job = self.dom.blockJobInfo(target, 0)
+            if job and job["end"] > 0 and job["cur"] == job["end"]:
+                try:
+                    self.dom.blockJobAbort(target, lv.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+                    break
+                except lv.libvirtError as exc:
+                    if exc.get_error_code() != lv.VIR_ERR_BLOCK_COPY_ACTIVE:
+                        raise
+            elif not job:
+                raise HepinfraError("the commit job of disk %s ended without a pivot" % target)
+            if job and job["cur"] != last[0]:
+                last = (job["cur"], time.monotonic())
+            elif time.monotonic() - last[1] > COMMIT_STALL_TIMEOUT:
+                # Give up cleanly: the domain stays on the overlay, and the next run commits it.
+                try:
+                    self.dom.blockJobAbort(target, 0)
+                except lv.libvirtError:
+                    pass
+                raise HepinfraError("the commit of disk %s made no progress for %d s" % (target, COMMIT_STALL_TIMEOUT))
+            time.sleep(0.2)
         source = disk_sources(self.dom.XMLDesc(0)).get(target)
         if source != original:
             raise HepinfraError("after the pivot disk %s runs on %s, not on %s" % (target, source, original))
-        self.sync_persistent(target, original)
+        self.sync_persistent(target, original, original_format)
         os.unlink(overlay)
 
-    def sync_persistent(self, target: str, original: str) -> None:
+    def sync_persistent(self, target: str, original: str, original_format: str | None) -> None:
         """Point the persistent definition back at the original image if it still names an overlay."""
         lv = self.libvirt
         if not self.dom.isPersistent():
             return
         xml = self.dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE | lv.VIR_DOMAIN_XML_SECURE)
         if is_backup_overlay(disk_sources(xml).get(target)):
-            self.conn.defineXML(_set_source(xml, target, original, None))
+            self.conn.defineXML(_set_source(xml, target, original, original_format))
 
     def recover(self) -> None:
-        """Commit back overlays that an interrupted run (killed module, lost host) left."""
+        """Undo what an interrupted run (killed module, lost controller) left behind.
+
+        A domain still on an overlay gets it committed back; a persistent definition that still
+        names an overlay is pointed back at the image below it; overlay files nothing uses any
+        more are deleted.
+        """
         lv = self.libvirt
-        live = parse_disks(self.dom.XMLDesc(0))
         running = bool(self.dom.isActive())
-        for disk in live:
+        for disk in parse_disks(self.dom.XMLDesc(0)):
             if not is_backup_overlay(disk.source):
                 continue
+            original, original_format = _backing_of(self.tools, disk.source)
             if running:
-                original = disk.backing or _backing_file(self.tools, disk.source)
-                self.commit(disk.target, original, disk.source)
+                self.commit(disk.target, disk.backing or original, disk.source, original_format)
             else:
-                original = _backing_file(self.tools, disk.source)
-                original_format = _image_format(self.tools, original)
                 subprocess.run([self.tools["qemu-img"], "commit", "-q", disk.source], check=True, capture_output=True)
                 xml = self.dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE | lv.VIR_DOMAIN_XML_SECURE)
                 self.conn.defineXML(_set_source(xml, disk.target, original, original_format))
                 os.unlink(disk.source)
-            self.result["recovered"].append({"target": disk.target, "overlay": disk.source, "image": original})
+            self.result["recovered"].append({"target": disk.target, "overlay": disk.source, "image": disk.backing or original})
+        if self.dom.isPersistent():
+            # The pivot happened but the persistent definition was not updated (killed in between):
+            # the overlay holds nothing the image lacks, so the definition goes back to the image.
+            inactive = self.dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE | lv.VIR_DOMAIN_XML_SECURE)
+            live = disk_sources(self.dom.XMLDesc(0))
+            for disk in parse_disks(inactive):
+                if is_backup_overlay(disk.source) and not is_backup_overlay(live.get(disk.target)) and running:
+                    self.conn.defineXML(_set_source(inactive, disk.target, live[disk.target], None))
+                    inactive = self.dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE | lv.VIR_DOMAIN_XML_SECURE)
+        in_use = set(disk_sources(self.dom.XMLDesc(0)).values())
+        if self.dom.isPersistent():
+            in_use |= set(disk_sources(self.dom.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE)).values())
+        directories = {os.path.dirname(disk.source) for disk in parse_disks(self.dom.XMLDesc(0)) if disk.source}
+        if self.options.get("overlay_dir"):
+            directories.add(self.options["overlay_dir"])
+        for directory in sorted(directories):
+            for path in _stale_overlays(directory, self.dom.XMLDesc(0)):
+                if path not in in_use:
+                    os.unlink(path)
+                    self.result["recovered"].append({"overlay": path, "removed": True})
 
     def forget_partial(self) -> None:
-        """Forget the snapshots an unsuccessful run wrote (best effort: retention catches the rest)."""
+        """Forget the snapshots an unsuccessful run wrote; warn (retention catches them) if that fails."""
         try:
+            self.restic.run(["unlock"], "unlock", timeout=self.restic.timeout)  # stale locks of a killed restic
             snapshots = self.restic.snapshots(tags=[TAG + ",run=" + self.run_id])
             self.restic.forget([snap["id"] for snap in snapshots])
-        except HepinfraError:
-            pass
+        except HepinfraError as exc:
+            self.warnings.append("domain %s: the snapshots of the failed run %s could not be forgotten (%s); retention"
+                                 " forgets them later" % (self.name, self.run_id, exc.message))
 
 
 class _Checked:
@@ -382,16 +470,29 @@ def _image_info(tools: dict[str, str], path: str) -> dict[str, Any]:
     return json.loads(out)
 
 
-def _backing_file(tools: dict[str, str], path: str) -> str:
-    info = _image_info(tools, path)
+def _backing_of(tools: dict[str, str], overlay: str) -> tuple[str, str | None]:
+    """The image below an overlay and its format, as recorded in the overlay (never probed)."""
+    info = _image_info(tools, overlay)
     backing = info.get("full-backing-filename") or info.get("backing-filename")
     if not backing:
-        raise HepinfraError("overlay %s has no backing file" % path)
-    return backing
+        raise HepinfraError("overlay %s has no backing file" % overlay)
+    return backing, info.get("backing-filename-format")
 
 
-def _image_format(tools: dict[str, str], path: str) -> str:
-    return _image_info(tools, path).get("format", "raw")
+def _stale_overlays(directory: str, xml: str) -> list[str]:
+    """Overlay files of this module for the domain's images in a directory."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    bases = {os.path.basename(disk.source) for disk in parse_disks(xml) if disk.source}
+    bases |= {os.path.basename(disk.backing) for disk in parse_disks(xml) if disk.backing}
+    found = []
+    for name in names:
+        path = os.path.join(directory, name)
+        if is_backup_overlay(path) and name[:name.rindex(OVERLAY_MARK)] in bases:
+            found.append(path)
+    return sorted(found)
 
 
 def _set_source(xml: str, target: str, path: str, image_format: str | None) -> str:
@@ -408,12 +509,11 @@ def _set_source(xml: str, target: str, path: str, image_format: str | None) -> s
         source = disk.find("source")
         if source is None:
             source = ElementTree.SubElement(disk, "source")
-        key = "dev" if disk.get("type") == "block" else "file"
+        block = os.path.exists(path) and stat.S_ISBLK(os.stat(path).st_mode)
         source.attrib.pop("file", None)
         source.attrib.pop("dev", None)
-        if key == "file":
-            disk.set("type", "file")
-        source.set(key, path)
+        disk.set("type", "block" if block else "file")
+        source.set("dev" if block else "file", path)
         driver = disk.find("driver")
         if image_format and driver is not None:
             driver.set("type", image_format)
@@ -424,6 +524,9 @@ def retention(restic: Restic, domain: str, host: str | None, policy: dict[str, i
     """Apply the keep policy to a domain's runs; return the snapshot ids forgotten."""
     plan = restic.forget_plan(policy, [TAG + ",kind=manifest"], host, "/" + manifest_filename(domain))
     snapshots = [snap for snap in restic.snapshots(tags=[TAG], host=host) if snapshot_of_domain(snap, domain)]
+    if current_run and current_run not in kept_run_ids(plan):
+        # Never act on a plan that would drop the run just made: something is off with it.
+        raise HepinfraError("retention: restic's plan does not keep run %s; nothing was forgotten" % current_run)
     forget = runs_to_forget(plan, snapshots, current_run)
     restic.forget(forget)
     return forget

@@ -190,26 +190,45 @@ def check_tag(tag: str) -> str | None:
     return None
 
 
-def runs_to_forget(manifest_plan: list[dict[str, Any]], snapshots: list[dict[str, Any]], current_run: str | None) -> list[str]:
+def run_time(run_id: str) -> datetime.datetime | None:
+    """When a run started, from its id."""
+    if not RUN_PATTERN.match(run_id or ""):
+        return None
+    return datetime.datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=datetime.timezone.utc)
+
+
+def runs_to_forget(manifest_plan: list[dict[str, Any]], snapshots: list[dict[str, Any]], current_run: str | None,
+                   now: datetime.datetime | None = None, grace: datetime.timedelta = datetime.timedelta(days=1)) -> list[str]:
     """Snapshot ids to forget for one domain, given restic's dry-run plan for its manifests.
 
-    A run is kept when restic's policy keeps its manifest; every snapshot of the domain
-    (disks and manifest) whose run is not kept goes, and so do disk snapshots of runs that
-    never wrote a manifest (interrupted runs) -- except the run in progress.
+    A run is kept when restic's policy keeps its manifest; every snapshot of a run whose
+    manifest is not kept goes. Disk snapshots of runs that never wrote a manifest go too
+    once they are older than ``grace`` (a younger one may belong to a run still going on
+    elsewhere). The run in progress is never touched.
     """
+    now = now or datetime.datetime.now(datetime.timezone.utc)
     kept_runs = set()
     for group in manifest_plan or ():
         for snapshot in group.get("keep") or ():
             run = tag_value(snapshot, "run")
             if run:
                 kept_runs.add(run)
+    with_manifest = {tag_value(snap, "run") for snap in snapshots if tag_value(snap, "kind") == "manifest"}
     forget = []
     for snapshot in snapshots:
         run = tag_value(snapshot, "run")
         if run is None or run == current_run or run in kept_runs:
             continue
+        if run not in with_manifest:
+            started = run_time(run)
+            if started is None or now - started < grace:
+                continue
         forget.append(snapshot["id"])
     return sorted(forget)
+
+
+def kept_run_ids(manifest_plan: list[dict[str, Any]]) -> set[str]:
+    return {tag_value(snap, "run") for group in manifest_plan or () for snap in group.get("keep") or ()} - {None}
 
 
 def pick_manifest(manifests: list[dict[str, Any]], wanted: str | None) -> dict[str, Any] | None:
@@ -239,6 +258,10 @@ def restore_xml(xml: str, name: str, volumes: dict[str, tuple[str, str]], keep_u
     if not keep_uuid:
         for element in root.findall("uuid"):
             root.remove(element)
+    if not keep_uuid:
+        # The firmware variables file belongs to the original; libvirt makes a fresh one.
+        for nvram in root.findall("./os/nvram"):
+            root.find("os").remove(nvram)
     if not keep_macs:
         for interface in root.findall("./devices/interface"):
             for mac in interface.findall("mac"):

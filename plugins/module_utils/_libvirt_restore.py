@@ -25,7 +25,7 @@ from xml.etree import ElementTree
 from ansible_collections.hepinfra.cloud.plugins.module_utils._base import HepinfraError
 from ansible_collections.hepinfra.cloud.plugins.module_utils._libvirt_backup import ImageReader
 from ansible_collections.hepinfra.cloud.plugins.module_utils._libvirt_disks import (
-    MANIFEST_FORMAT, TAG, disk_filename, domain_uuid, manifest_filename, pick_manifest, restore_xml, tag_value,
+    MANIFEST_FORMAT, TAG, disk_filename, domain_uuid, manifest_filename, parse_disks, pick_manifest, restore_xml, tag_value,
 )
 from ansible_collections.hepinfra.cloud.plugins.module_utils._restic import Restic
 
@@ -78,7 +78,8 @@ class ImageWriter:
         self.errors = tempfile.TemporaryFile()  # pylint: disable=consider-using-with
         argv = [tools["nbdcopy"], "--", "-", "[", tools["qemu-nbd"], "--format", image_format, "--discard=unmap", "--detect-zeroes=unmap",
                 path, "]"]
-        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=self.errors)  # pylint: disable=consider-using-with
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,  # pylint: disable=consider-using-with
+                                     stderr=self.errors)
 
     def write(self, chunk: bytes) -> None:
         try:
@@ -116,6 +117,8 @@ class DomainRestore:
         self.tools = tools
         self.options = options
         self.created: list[Any] = []
+        self.dom: Any = None
+        self.replaced_xml: str | None = None
         self.phase = "plan"
 
     def plan(self) -> dict[str, Any]:
@@ -134,8 +137,18 @@ class DomainRestore:
             if opts["define"] and len(disks) != len(manifest["disks"]):
                 raise RestoreError("a domain can only be defined with all its disks restored",
                                    hint="set define: false to restore single disks")
+        if opts["define"]:
+            backed_up = {disk["target"] for disk in manifest["disks"]}
+            others = [disk.target for disk in parse_disks(manifest["xml"])
+                      if disk.device in ("disk", "lun") and disk.source and disk.target not in backed_up]
+            if others:
+                # Defining it would attach the original's disks to the copy.
+                raise RestoreError("run %s holds only some disks of %s (not %s): the domain cannot be defined from it"
+                                   % (manifest["run"], manifest["domain"], ", ".join(others)),
+                                   hint="set define: false to restore the disks it holds")
         pool = self.pool()
         extension = "qcow2" if opts["format"] == "qcow2" else "img"
+        users = self.volume_users()
         volumes = []
         for disk in disks:
             volume_name = "%s-%s.%s" % (name, disk["target"], extension)
@@ -143,6 +156,11 @@ class DomainRestore:
             if existing is not None and not opts["force"]:
                 raise RestoreError("volume %s already exists in pool %s" % (volume_name, opts["pool"]),
                                    hint="remove it, choose another name, or set force: true to overwrite it")
+            if existing is not None:
+                running = [dom for dom, active in users.get(existing.path(), []) if active]
+                if running:
+                    raise RestoreError("volume %s is in use by running domain %s: a restore never overwrites it"
+                                       % (volume_name, ", ".join(running)), hint="shut it down first, or restore under another name")
             volumes.append({"target": disk["target"], "volume": volume_name, "exists": existing is not None,
                             "size": disk["size"], "sha256": disk["sha256"], "snapshot_id": disk["snapshot_id"]})
         existing_domain = None
@@ -161,6 +179,15 @@ class DomainRestore:
             "manifest": manifest, "snapshot": snapshot, "name": name, "pool": opts["pool"], "volumes": volumes,
             "run": manifest["run"], "replaces_domain": existing_domain is not None, "keep_identity": same_identity,
         }
+
+    def volume_users(self) -> dict[str, list[tuple[str, bool]]]:
+        """image path -> [(domain name, running?)] over every domain of the hypervisor."""
+        users: dict[str, list[tuple[str, bool]]] = {}
+        for dom in self.conn.listAllDomains():
+            for disk in parse_disks(dom.XMLDesc(0)):
+                if disk.source:
+                    users.setdefault(disk.source, []).append((dom.name(), bool(dom.isActive())))
+        return users
 
     def pool(self) -> Any:
         lv = self.libvirt
@@ -198,6 +225,7 @@ class DomainRestore:
         try:
             return self._run(plan, started)
         except BaseException:
+            self.undo_define()
             self.remove_created()
             raise
 
@@ -235,19 +263,47 @@ class DomainRestore:
             self.phase = "define"
             xml = restore_xml(plan["manifest"]["xml"], plan["name"], written, keep_uuid=plan["keep_identity"],
                               keep_macs=plan["keep_identity"])
-            existing = self.domain(plan["name"])
-            if existing is not None:
-                if existing.isActive():
-                    raise RestoreError("domain %s started during the restore" % plan["name"])
-                existing.undefine()
-            dom = self.conn.defineXML(xml)
+            self.define(xml, plan["name"])
             defined = True
             if opts["start"]:
                 self.phase = "start"
-                dom.create()
+                self.dom.create()
         self.created = []
+        self.dom = None
+        self.replaced_xml = None
         return {"name": plan["name"], "run": plan["run"], "disks": disks, "defined": defined,
                 "started": bool(opts["start"] and defined), "duration": round(time.monotonic() - started, 3)}
+
+    def define(self, xml: str, name: str) -> None:
+        """Define the domain; a replaced definition is kept until the new one is in place."""
+        lv = self.libvirt
+        existing = self.domain(name)
+        if existing is not None:
+            if existing.isActive():
+                raise RestoreError("domain %s started during the restore" % name)
+            self.replaced_xml = existing.XMLDesc(lv.VIR_DOMAIN_XML_INACTIVE | lv.VIR_DOMAIN_XML_SECURE)
+            if domain_uuid(xml) != existing.UUIDString():
+                # Another identity under the same name: libvirt needs the old definition gone first.
+                existing.undefineFlags(getattr(lv, "VIR_DOMAIN_UNDEFINE_KEEP_NVRAM", 0))
+        self.dom = self.conn.defineXML(xml)
+
+    def undo_define(self) -> None:
+        """Remove the definition this run made and put back the one it replaced."""
+        lv = self.libvirt
+        if self.dom is not None:
+            try:
+                if self.dom.isActive():
+                    self.dom.destroy()
+                self.dom.undefineFlags(getattr(lv, "VIR_DOMAIN_UNDEFINE_KEEP_NVRAM", 0))
+            except lv.libvirtError:
+                pass
+            self.dom = None
+        if self.replaced_xml is not None:
+            try:
+                self.conn.defineXML(self.replaced_xml)
+            except lv.libvirtError:
+                pass
+            self.replaced_xml = None
 
     def write(self, entry: dict[str, Any], path: str, image_format: str) -> tuple[str, int]:
         digest = hashlib.sha256()

@@ -129,7 +129,7 @@ class Restic:
 
     # -- repository -------------------------------------------------------------------------
 
-    def ensure(self, init: bool) -> bool:
+    def ensure(self, init: bool, unlock: bool = True) -> bool:
         """Make sure the repository exists and opens with the password; return True if created.
 
         ``restic init`` is tried first when allowed: on an existing repository it fails at
@@ -152,8 +152,9 @@ class Restic:
                 raise init_error
             raise ResticError("repository open: there is no restic repository there", target=self.where,
                               hint="check the repository URL (backups create it on first use)", phase="repository open")
-        # Locks left by restic processes that were killed (on this host) would block forget and prune.
-        self.run(["unlock"], "repository unlock", timeout=self.timeout)
+        if unlock:
+            # Locks left by restic processes that were killed (on this host) would block forget and prune.
+            self.run(["unlock"], "repository unlock", timeout=self.timeout)
         return False
 
     def snapshots(self, tags: Iterable[str] = (), path: str | None = None, host: str | None = None) -> list[dict[str, Any]]:
@@ -287,6 +288,13 @@ def interrupt(proc: subprocess.Popen, grace: float = 30) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def check_repository(url: str) -> None:
+    """Refuse credentials inside the repository URL: the URL is a visible option, they are not."""
+    if redact_url(url) != url:
+        raise HepinfraError("the repository URL carries credentials (user:password@)",
+                            hint="put them in restic_env as RESTIC_REST_USERNAME and RESTIC_REST_PASSWORD, which stay secret")
 
 
 def redact_url(url: str) -> str:

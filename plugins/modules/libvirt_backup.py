@@ -202,7 +202,7 @@ domains:
       description: For a failed domain, what failed.
       type: str
     phase:
-      description: For a failed domain, the phase that failed (recover, quiesce, snapshot, backup <disk>, manifest, commit).
+      description: For a failed domain, the phase that failed (recover, plan, quiesce, snapshot, backup <disk>, manifest, commit, retention).
       type: str
     recovered:
       description: Overlays of an interrupted earlier run that were committed back first.
@@ -242,6 +242,10 @@ domains:
         duration:
           description: Seconds the disk took.
           type: float
+repository:
+  description: The repository (without credentials), in check mode.
+  returned: check mode
+  type: str
 repository_created:
   description: Whether the repository was created by this run.
   returned: success
@@ -256,14 +260,21 @@ check:
   type: str
 """
 
+import signal
 import socket
+import subprocess
 
 from ansible_collections.hepinfra.cloud.plugins.module_utils._base import HepinfraError, HepinfraModule
-from ansible_collections.hepinfra.cloud.plugins.module_utils._libvirt_backup import DomainBackup, PhaseError, retention
+from ansible_collections.hepinfra.cloud.plugins.module_utils._libvirt_backup import DomainBackup
 from ansible_collections.hepinfra.cloud.plugins.module_utils._libvirt_disks import check_tag, new_run_id, select_domains
 from ansible_collections.hepinfra.cloud.plugins.module_utils._restic import (
-    RESTIC_MUTUALLY_EXCLUSIVE, RESTIC_REQUIRED_ONE_OF, Restic, redact_url,
+    RESTIC_MUTUALLY_EXCLUSIVE, RESTIC_REQUIRED_ONE_OF, Restic, check_repository, redact_url,
 )
+
+
+class Interrupted(Exception):
+    """The module was asked to stop (SIGTERM, SIGHUP)."""
+
 
 KEEP = ("keep_last", "keep_daily", "keep_weekly", "keep_monthly")
 PATTERN_CHARS = "*?["
@@ -317,6 +328,7 @@ class LibvirtBackup(HepinfraModule):
 
     def run(self):
         self.validate()
+        check_repository(self.params["repository"])
         libvirt = self.libraries["libvirt"]
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         tools = self.tools()
@@ -354,38 +366,68 @@ class LibvirtBackup(HepinfraModule):
             return self.result(bool(names), domains=plans, repository=redact_url(self.params["repository"]))
 
         created = restic.ensure(self.params["init"])
+        interrupted = []
+
+        def stop(signum, _frame):
+            # Once: the commit that follows must not be interrupted by a second signal.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            interrupted.append(signum)
+            raise Interrupted("interrupted by signal %d" % signum)
+
+        # A stopped ansible-playbook (Ctrl-C, a timer's timeout, a lost SSH session) still gets its
+        # domains back onto their images.
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGHUP, stop)
         policy = {key: self.params[key] for key in KEEP if self.params[key] is not None}
         results = []
-        forgotten_any = False
+        warnings = []
         for name in names:
-            job = DomainBackup(libvirt, conn, name, restic, tools, dict(options, run_id=new_run_id()))
+            job = None
             try:
-                outcome = job.run()
-            except PhaseError as exc:
-                results.append(dict(job.result, state="failed", error=str(exc), phase=exc.details.get("phase", job.phase)))
-                continue
+                job = DomainBackup(libvirt, conn, name, restic, tools, dict(options, run_id=new_run_id()))
+                results.append(job.run(policy, host))
             except HepinfraError as exc:
-                results.append(dict(job.result, state="failed", error=str(exc), phase=job.phase))
-                continue
-            if policy:
-                outcome["forgotten"] = retention(restic, name, host, policy, outcome["run"])
-                forgotten_any = forgotten_any or bool(outcome["forgotten"])
-            results.append(outcome)
-        pruned = False
-        if forgotten_any and self.params["prune"]:
-            restic.prune()
-            pruned = True
+                base = job.result if job is not None else {"name": name, "disks": [], "recovered": []}
+                phase = exc.details.get("phase") or (job.phase if job is not None else "start")
+                results.append(dict(base, state="failed", error=str(exc), phase=phase))
+            except (libvirt.libvirtError, OSError, subprocess.SubprocessError, Interrupted) as exc:
+                # The domain vanished, a lock could not be taken, ...: this domain fails, the others go on.
+                message = exc.get_error_message() if isinstance(exc, libvirt.libvirtError) else str(exc)
+                phase = job.phase if job is not None else "start"
+                base = job.result if job is not None else {"name": name, "disks": [], "recovered": []}
+                results.append(dict(base, state="failed", error="domain %s: %s: %s" % (name, phase, message), phase=phase))
+            if job is not None:
+                warnings += job.warnings
+            if interrupted:
+                break
+        forgotten_any = any(entry.get("forgotten") for entry in results)
         failed = [entry for entry in results if entry["state"] == "failed"]
         changed = created or any(entry["state"] == "backed up" or entry.get("recovered") for entry in results)
+        extra = {}
+        try:
+            if forgotten_any and self.params["prune"]:
+                restic.prune()
+                extra["pruned"] = True
+            if self.params["check"]:
+                extra["check"] = restic.check(self.params["check_read_data_subset"])
+        except HepinfraError as exc:
+            # Reported beside the domains' results, not instead of them.
+            failed.append({"error": str(exc)})
+        for warning in warnings:
+            self.module.warn(warning)
+        if interrupted:
+            failed.append({"error": "interrupted by signal %d before %d more domains" % (interrupted[0], len(names) - len(results))})
         if failed:
             self.fail_domains(failed, results, changed=changed)
-        outcome = self.result(changed, domains=results, repository_created=created, pruned=pruned)
-        if self.params["check"]:
-            outcome["check"] = restic.check(self.params["check_read_data_subset"])
-        return outcome
+        return self.result(changed, domains=results, repository_created=created, pruned=extra.get("pruned", False),
+                           **({"check": extra["check"]} if "check" in extra else {}))
 
     def fail_domains(self, failed, results, changed):
-        message = "%d of %d domains failed: %s" % (len(failed), len(results), "; ".join(entry["error"] for entry in failed))
+        domains = [entry for entry in failed if "name" in entry]
+        message = "; ".join(entry["error"] for entry in failed)
+        if domains:
+            message = "%d of %d domains failed: %s" % (len(domains), len(results), message)
         self._fail(message, {"domains": results, "changed": changed})
 
 

@@ -177,6 +177,10 @@ disks:
       description: Whether the volume was read back and matched.
       type: bool
       returned: success, not in check mode
+    duration:
+      description: Seconds the disk took.
+      type: float
+      returned: success, not in check mode
 defined:
   description: Whether the domain was defined.
   returned: always
@@ -185,11 +189,17 @@ started:
   description: Whether the domain was started.
   returned: always
   type: bool
+duration:
+  description: Seconds the restore took.
+  returned: success, not in check mode
+  type: float
 """
 
 from ansible_collections.hepinfra.cloud.plugins.module_utils._base import HepinfraError, HepinfraModule
 from ansible_collections.hepinfra.cloud.plugins.module_utils._libvirt_restore import DomainRestore
-from ansible_collections.hepinfra.cloud.plugins.module_utils._restic import RESTIC_MUTUALLY_EXCLUSIVE, RESTIC_REQUIRED_ONE_OF, Restic
+from ansible_collections.hepinfra.cloud.plugins.module_utils._restic import (
+    RESTIC_MUTUALLY_EXCLUSIVE, RESTIC_REQUIRED_ONE_OF, Restic, check_repository,
+)
 
 
 class LibvirtRestore(HepinfraModule):
@@ -232,8 +242,9 @@ class LibvirtRestore(HepinfraModule):
         libvirt = self.libraries["libvirt"]
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         tools = self.tools()
+        check_repository(self.params["repository"])
         restic = Restic(self.params, tools["restic"])
-        restic.ensure(init=False)
+        restic.ensure(init=False, unlock=not self.check_mode)
         try:
             conn = libvirt.open(self.params["uri"])
         except libvirt.libvirtError as exc:

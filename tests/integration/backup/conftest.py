@@ -160,8 +160,8 @@ class Domain:
         return self.virsh("domstate", self.name).strip()
 
     def leftovers(self) -> list[str]:
-        """Overlay files of the backup module anywhere near the domain."""
-        return sorted(glob.glob(str(self.directory / "**" / "*.hepinfra-backup-*"), recursive=True))
+        """Overlay files of the backup module anywhere in the test's directory (overlay_dir included)."""
+        return sorted(glob.glob(str(self.directory.parent / "**" / "*.hepinfra-backup-*"), recursive=True))
 
     def libvirt_snapshots(self) -> list[str]:
         return self.virsh("snapshot-list", self.name, "--name").split()

@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import PASSWORD, image_sha256
+from conftest import PASSWORD, Repo, domain_xml, image_sha256
+from hepinfra_testbed import guest
 from hepinfra_testbed.common import run
 
 BACKUP = "hepinfra.cloud.libvirt_backup"
@@ -99,7 +100,7 @@ def test_retention_keeps_complete_runs_and_drops_interrupted_ones(firmware_domai
     domain = firmware_domain("keep")
     runs = []
     for _attempt in range(3):
-        done = run_module(BACKUP, dict(repo.args, domains=[domain.name], keep_last=2))
+        done = run_module(BACKUP, dict(repo.args, domains=[domain.name], keep_last=2, snapshot_host="localhost"))
         assert not done.failed, done.msg
         runs.append(done.result["domains"][0]["run"])
     # an interrupted run: a disk snapshot and no manifest
@@ -147,6 +148,17 @@ def test_restore_refusals_single_disk_and_force(firmware_domain, repo, pool, run
     assert not forced.failed, forced.msg
     assert image_sha256(pool_path / "single-vdb.img") == image_sha256(domain.disks["vdb"])
 
+    # a volume a running domain uses is never overwritten, force or not
+    user = guest.domain_name("bk-user")
+    run(["virsh", "-c", "qemu:///system", "create", "/dev/stdin"], input_text=domain_xml(
+        user, [("vdb", pool_path / "single-vdb.img", "raw", False)], agent=False).replace("52:54:00:aa:bb:01", "52:54:00:aa:bb:02"))
+    try:
+        in_use = run_module(RESTORE, dict(repo.args, domain=domain.name, name="single", pool=pool_name, disks=["vdb"],
+                                          define=False, format="raw", force=True))
+        assert in_use.failed and f"in use by running domain {user}" in in_use.msg
+    finally:
+        run(["virsh", "-c", "qemu:///system", "destroy", user], check=False)
+
     missing = run_module(RESTORE, dict(repo.args, domain="no-such-domain", pool=pool_name))
     assert missing.failed and "no complete backup of domain no-such-domain" in missing.msg
     unknown_run = run_module(RESTORE, dict(repo.args, domain=domain.name, pool=pool_name, snapshot="20200101T000000Z-000000"))
@@ -156,13 +168,13 @@ def test_restore_refusals_single_disk_and_force(firmware_domain, repo, pool, run
 # -- faults: after each, the domain runs on its original images and the next backup works -----
 
 def _killing_restic(tmp_path, real: str) -> str:
-    """A restic that is killed (SIGKILL) a moment into every backup of a disk."""
+    """A restic that is killed (SIGKILL) a moment into the backup of disk vdb (after vda was saved)."""
     script = tmp_path / "restic-killed"
     script.write_text(
         "#!/bin/sh\n"
-        "case \" $* \" in *\" --stdin \"*\".raw \"*)\n"
+        "case \" $* \" in *\" --stdin \"*\".vdb.raw \"*)\n"
         f"  \"{real}\" \"$@\" 0<&0 &\n"
-        "  pid=$!; sleep 0.4; kill -9 $pid; wait $pid; exit $?;;\n"
+        "  pid=$!; sleep 0.2; kill -9 $pid; wait $pid; exit $?;;\n"
         "esac\n"
         f"exec \"{real}\" \"$@\"\n"
     )
@@ -186,7 +198,7 @@ def test_fault_leaves_nothing_half_done(fault, firmware_domain, repo, run_module
         expect = "snapshot:"
     elif fault == "restic-killed":
         args["restic_path"] = _killing_restic(tmp_path, repo.args["restic_path"])
-        expect = "backup vda: restic exited with 137"  # 128 + SIGKILL, through the wrapper shell
+        expect = "backup vdb: restic exited with 137"  # 128 + SIGKILL, through the wrapper shell
     elif fault == "wrong-password":
         assert not run_module(BACKUP, dict(repo.args, domains=[domain.name], disks=["vdb"])).failed
         args["repository_password"] = "not-the-password"
@@ -202,11 +214,14 @@ def test_fault_leaves_nothing_half_done(fault, firmware_domain, repo, run_module
     assert failed.failed, failed.result
     assert expect in failed.msg.lower() or expect in failed.msg
     assert_untouched(domain, live, inactive, domid)
-    if fault in ("restic-killed", "snapshot-disk-full", "agent"):
+    phases = {"agent": "quiesce", "snapshot-disk-full": "snapshot", "restic-killed": "backup vdb",
+              "repository-disk-full": "backup vda"}
+    if fault in phases:
         entry = failed.result["domains"][0]
-        assert entry["state"] == "failed" and entry["phase"] in ("quiesce", "snapshot", "backup vda")
+        assert entry["state"] == "failed" and entry["phase"] == phases[fault]
         # the failed run wrote nothing that a restore or retention could mistake for a backup
-        assert [s for s in repo.snapshots("hepinfra-libvirt") if f"run={entry['run']}" in s["tags"]] == []
+        written_to = Repo(args["repository"], args, repo.env) if fault == "repository-disk-full" else repo
+        assert [s for s in written_to.snapshots("hepinfra-libvirt") if f"run={entry['run']}" in s["tags"]] == []
 
     recovered = run_module(BACKUP, dict(repo.args, domains=[domain.name]))
     assert not recovered.failed, recovered.msg

@@ -27,5 +27,6 @@ def test_sums_disks_per_domain_and_keeps_errors():
 def test_unreachable_host_default_and_bad_input():
     assert backup_report({"failed": True, "msg": "host unreachable", "domains": []}) == {
         "failed": True, "msg": "host unreachable", "domains": []}
+    assert backup_report({"unreachable": True, "msg": "ssh: connection refused"})["failed"] is True
     with pytest.raises(AnsibleFilterError):
         backup_report("nope")

@@ -17,10 +17,11 @@ from xml.etree import ElementTree
 import pytest
 
 from ansible_collections.hepinfra.cloud.plugins.module_utils._libvirt_disks import (
-    Disk, agent_connected, check_tag, disk_filename, is_backup_overlay, new_run_id, overlay_path, parse_disks,
+    Disk, agent_connected, check_tag, disk_filename, is_backup_overlay, kept_run_ids, new_run_id, overlay_path, parse_disks,
     pick_manifest, restore_xml, runs_to_forget, select_disks, select_domains, snapshot_of_domain, snapshot_xml,
 )
-from ansible_collections.hepinfra.cloud.plugins.module_utils._restic import redact_url
+from ansible_collections.hepinfra.cloud.plugins.module_utils._base import HepinfraError
+from ansible_collections.hepinfra.cloud.plugins.module_utils._restic import check_repository, redact_url
 
 LIVE = (Path(__file__).parent / "fixtures" / "domain_live_overlay.xml").read_text()
 
@@ -82,17 +83,24 @@ def snap(sid, run, kind, path, time="2026-11-28T00:00:00Z", disk=None):
     return {"id": sid, "short_id": sid[:8], "tags": tags, "paths": [path], "time": time}
 
 
-def test_retention_forgets_whole_runs_and_interrupted_ones_but_not_the_current():
-    plan = [{"keep": [snap("m3", "r3", "manifest", "/d.manifest.json"), snap("m2", "r2", "manifest", "/d.manifest.json")],
-             "remove": [snap("m1", "r1", "manifest", "/d.manifest.json")]}]
+R0, R1, R2, R3, R4, R5 = ("20261120T000000Z-00000%d" % i for i in range(6))
+NOW = datetime.datetime(2026, 11, 28, tzinfo=datetime.timezone.utc)
+
+
+def test_retention_forgets_whole_runs_and_old_interrupted_ones_but_not_the_current():
+    plan = [{"keep": [snap("m3", R3, "manifest", "/d.manifest.json"), snap("m2", R2, "manifest", "/d.manifest.json")],
+             "remove": [snap("m1", R1, "manifest", "/d.manifest.json")]}]
+    young = "20261127T230000Z-aaaaaa"  # an hour old, no manifest: maybe a run still going on elsewhere
     snapshots = [
-        snap("a1", "r1", "disk", "/d.vda.raw", disk="vda"), snap("m1", "r1", "manifest", "/d.manifest.json"),
-        snap("a2", "r2", "disk", "/d.vda.raw", disk="vda"), snap("m2", "r2", "manifest", "/d.manifest.json"),
-        snap("a3", "r3", "disk", "/d.vda.raw", disk="vda"), snap("m3", "r3", "manifest", "/d.manifest.json"),
-        snap("x0", "r0", "disk", "/d.vda.raw", disk="vda"),  # interrupted: no manifest
-        snap("a4", "r4", "disk", "/d.vda.raw", disk="vda"),  # the run in progress
+        snap("a1", R1, "disk", "/d.vda.raw", disk="vda"), snap("m1", R1, "manifest", "/d.manifest.json"),
+        snap("a2", R2, "disk", "/d.vda.raw", disk="vda"), snap("m2", R2, "manifest", "/d.manifest.json"),
+        snap("a3", R3, "disk", "/d.vda.raw", disk="vda"), snap("m3", R3, "manifest", "/d.manifest.json"),
+        snap("x0", R0, "disk", "/d.vda.raw", disk="vda"),  # interrupted a week ago: no manifest
+        snap("y0", young, "disk", "/d.vda.raw", disk="vda"),
+        snap("a4", R4, "disk", "/d.vda.raw", disk="vda"),  # the run in progress
     ]
-    assert runs_to_forget(plan, snapshots, current_run="r4") == ["a1", "m1", "x0"]
+    assert runs_to_forget(plan, snapshots, current_run=R4, now=NOW) == ["a1", "m1", "x0"]
+    assert kept_run_ids(plan) == {R2, R3}
 
 
 def test_snapshots_of_a_domain_match_exact_names_only():
@@ -135,3 +143,15 @@ def test_repository_urls_lose_their_credentials_in_messages():
     assert redact_url("rest:https://user:secret@backup.example.org/vms") == "rest:https://***@backup.example.org/vms"
     assert redact_url("s3:https://s3.example.org/bucket/x@y") == "s3:https://s3.example.org/bucket/x@y"
     assert redact_url("/srv/restic") == "/srv/restic"
+
+
+def test_repository_urls_with_credentials_are_refused():
+    check_repository("s3:https://s3.example.org/bucket/vms")
+    with pytest.raises(HepinfraError, match="RESTIC_REST_USERNAME"):
+        check_repository("rest:https://user:secret@backup.example.org/vms")
+
+
+def test_restore_xml_drops_the_firmware_variables_of_a_copy():
+    xml = LIVE.replace("<os>", "<os><nvram>/var/lib/libvirt/qemu/nvram/bk-fw1_VARS.fd</nvram>", 1)
+    assert ElementTree.fromstring(restore_xml(xml, "copy", {}, keep_uuid=False, keep_macs=False)).find("./os/nvram") is None
+    assert ElementTree.fromstring(restore_xml(xml, "bk-fw1", {}, keep_uuid=True, keep_macs=True)).find("./os/nvram") is not None
