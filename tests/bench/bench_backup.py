@@ -130,7 +130,7 @@ def main() -> int:
         restic_seconds = time.monotonic() - started
         drop_caches()
         uncompressed = module(work, dict(args, repository=s3.repository("hepinfra-bench", "uncompressed"),
-                                            restic_env={"RESTIC_COMPRESSION": "off"}))
+                                         restic_env={"RESTIC_COMPRESSION": "off"}))
         uncompressed_disk = uncompressed[0]["domains"][0]["disks"][0]
 
         run(["virsh", "-c", guest.URI, "destroy", NAME])
