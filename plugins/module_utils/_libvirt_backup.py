@@ -279,7 +279,7 @@ class DomainBackup:
         try:
             summary = self.restic.backup_stream(
                 _Checked(reader), disk_filename(self.name, disk.target),
-                run_tags(self.run_id, "disk", ["disk=" + disk.target, *self.options["tags"]]),
+                run_tags(self.run_id, "disk", ["disk=" + disk.target, *self.options["tags"]], domain=self.name),
                 phase="backup " + disk.target, on_chunk=on_chunk,
             )
         finally:
@@ -316,7 +316,7 @@ class DomainBackup:
         }
         data = json.dumps(manifest, indent=1, sort_keys=True).encode()
         summary = self.restic.backup_stream(
-            _Bytes(data), manifest_filename(self.name), run_tags(self.run_id, "manifest", self.options["tags"]),
+            _Bytes(data), manifest_filename(self.name), run_tags(self.run_id, "manifest", self.options["tags"], domain=self.name),
             phase="manifest",
         )
         self.result["manifest_snapshot"] = summary.get("snapshot_id")

@@ -23,6 +23,7 @@ TAG = "hepinfra-libvirt"
 #: Temporary overlays are named <image>.<OVERLAY_MARK><run>.qcow2; recovery looks for the mark.
 OVERLAY_MARK = ".hepinfra-backup-"
 MANIFEST = "manifest.json"
+RESERVED_TAG_KEYS = ("run", "kind", "domain", "disk")
 MANIFEST_FORMAT = 1
 RUN_PATTERN = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
 
@@ -172,8 +173,12 @@ def snapshot_of_domain(snapshot: dict[str, Any], domain: str) -> bool:
     return len(paths) == 1 and paths[0] in names
 
 
-def run_tags(run_id: str, kind: str, extra: Iterable[str] = ()) -> list[str]:
-    return [TAG, "run=" + run_id, "kind=" + kind, *extra]
+def run_tags(run_id: str, kind: str, extra: Iterable[str] = (), domain: str | None = None) -> list[str]:
+    """The tags of a run's snapshot; ``domain=<name>`` unless the name holds a comma (restic splits tags there)."""
+    tags = [TAG, "run=" + run_id, "kind=" + kind]
+    if domain and "," not in domain:
+        tags.append("domain=" + domain)
+    return tags + list(extra)
 
 
 def tag_value(snapshot: dict[str, Any], key: str) -> str | None:
@@ -185,8 +190,8 @@ def tag_value(snapshot: dict[str, Any], key: str) -> str | None:
 
 def check_tag(tag: str) -> str | None:
     """A problem with a user tag (restic splits --tag values at commas), or None."""
-    if not tag or "," in tag or "=" in tag and tag.split("=", 1)[0] in ("run", "kind"):
-        return "tag %r is not usable: it must be non-empty, without commas, and not start with run= or kind=" % tag
+    if not tag or "," in tag or "=" in tag and tag.split("=", 1)[0] in RESERVED_TAG_KEYS:
+        return "tag %r is not usable: it must be non-empty, without commas, and not start with run=, kind=, domain= or disk=" % tag
     return None
 
 

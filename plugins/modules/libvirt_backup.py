@@ -101,7 +101,7 @@ options:
     type: str
   tags:
     description:
-      - More restic tags for every snapshot of the run (no commas; C(run=) and C(kind=) are reserved).
+      - More restic tags for every snapshot of the run (no commas; C(run=), C(kind=), C(domain=) and C(disk=) are reserved).
     type: list
     elements: str
     default: []

@@ -44,7 +44,7 @@ def test_live_backup_incremental_and_renamed_restore(firmware_domain, repo, pool
     assert {d["target"]: d["size"] for d in entry["disks"]} == {"vda": 64 << 20, "vdb": 16 << 20}
     assert_untouched(domain, live, inactive, domid)
 
-    snapshots = repo.snapshots("hepinfra-libvirt,run=" + entry["run"])
+    snapshots = repo.snapshots("hepinfra-libvirt,run=" + entry["run"] + ",domain=" + domain.name)
     assert sorted(s["paths"][0] for s in snapshots) == sorted(
         ["/%s.vda.raw" % domain.name, "/%s.vdb.raw" % domain.name, "/%s.manifest.json" % domain.name])
     manifest = json.loads(repo.restic("dump", entry["manifest_snapshot"], "/%s.manifest.json" % domain.name).stdout)

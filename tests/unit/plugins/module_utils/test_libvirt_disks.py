@@ -18,7 +18,7 @@ import pytest
 
 from ansible_collections.hepinfra.cloud.plugins.module_utils._libvirt_disks import (
     Disk, agent_connected, check_tag, disk_filename, is_backup_overlay, kept_run_ids, new_run_id, overlay_path, parse_disks,
-    pick_manifest, restore_xml, runs_to_forget, select_disks, select_domains, snapshot_of_domain, snapshot_xml,
+    pick_manifest, restore_xml, run_tags, runs_to_forget, select_disks, select_domains, snapshot_of_domain, snapshot_xml,
 )
 from ansible_collections.hepinfra.cloud.plugins.module_utils._base import HepinfraError
 from ansible_collections.hepinfra.cloud.plugins.module_utils._restic import check_repository, redact_url
@@ -134,7 +134,7 @@ def test_restore_xml_renames_points_at_volumes_and_drops_identity():
     assert kept.find("uuid") is not None
 
 
-@pytest.mark.parametrize("tag, ok", [("site=a", True), ("nightly", True), ("a,b", False), ("run=x", False), ("", False)])
+@pytest.mark.parametrize("tag, ok", [("site=a", True), ("nightly", True), ("a,b", False), ("run=x", False), ("domain=x", False), ("", False)])
 def test_user_tags(tag, ok):
     assert (check_tag(tag) is None) is ok
 
@@ -155,3 +155,8 @@ def test_restore_xml_drops_the_firmware_variables_of_a_copy():
     xml = LIVE.replace("<os>", "<os><nvram>/var/lib/libvirt/qemu/nvram/bk-fw1_VARS.fd</nvram>", 1)
     assert ElementTree.fromstring(restore_xml(xml, "copy", {}, keep_uuid=False, keep_macs=False)).find("./os/nvram") is None
     assert ElementTree.fromstring(restore_xml(xml, "bk-fw1", {}, keep_uuid=True, keep_macs=True)).find("./os/nvram") is not None
+
+
+def test_run_tags_name_the_domain_unless_restic_would_split_it():
+    assert run_tags("r", "disk", ["disk=vda"], domain="cm") == ["hepinfra-libvirt", "run=r", "kind=disk", "domain=cm", "disk=vda"]
+    assert "domain=a,b" not in run_tags("r", "manifest", domain="a,b")
