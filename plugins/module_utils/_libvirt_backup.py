@@ -46,6 +46,22 @@ from ansible_collections.hepinfra.cloud.plugins.module_utils._restic import Rest
 COMMIT_STALL_TIMEOUT = 300
 
 
+def find_tools(get_bin_path: Any, restic_path: str) -> dict[str, str]:
+    """The binaries the backup and restore modules run, or an error naming the package to install."""
+    found = {}
+    for name in ("nbdcopy", "qemu-nbd", "qemu-img"):
+        path = get_bin_path(name)
+        if not path:
+            raise HepinfraError("%s is not installed on this host" % name,
+                                hint="install qemu-utils and libnbd-bin (Debian) or qemu-img and libnbd (EL)")
+        found[name] = path
+    path = restic_path if "/" in restic_path else get_bin_path(restic_path)
+    if not path:
+        raise HepinfraError("restic is not installed on this host", hint="install restic 0.17 or later, or set restic_path")
+    found["restic"] = path
+    return found
+
+
 class PhaseError(HepinfraError):
     """A backup phase failed."""
 

@@ -265,7 +265,7 @@ import socket
 import subprocess
 
 from ansible_collections.hepinfra.cloud.plugins.module_utils._base import HepinfraError, HepinfraModule
-from ansible_collections.hepinfra.cloud.plugins.module_utils._libvirt_backup import DomainBackup
+from ansible_collections.hepinfra.cloud.plugins.module_utils._libvirt_backup import DomainBackup, find_tools
 from ansible_collections.hepinfra.cloud.plugins.module_utils._libvirt_disks import check_tag, new_run_id, select_domains
 from ansible_collections.hepinfra.cloud.plugins.module_utils._restic import (
     RESTIC_MUTUALLY_EXCLUSIVE, RESTIC_REQUIRED_ONE_OF, Restic, check_repository, redact_url,
@@ -304,19 +304,7 @@ class LibvirtBackup(HepinfraModule):
     module_kwargs = {"mutually_exclusive": RESTIC_MUTUALLY_EXCLUSIVE, "required_one_of": RESTIC_REQUIRED_ONE_OF}
 
     def tools(self) -> dict[str, str]:
-        found = {}
-        for name, package in (("nbdcopy", "libnbd-bin (Debian) or libnbd (EL)"), ("qemu-nbd", "qemu-utils (Debian) or qemu-img (EL)"),
-                              ("qemu-img", "qemu-utils (Debian) or qemu-img (EL)")):
-            path = self.module.get_bin_path(name)
-            if not path:
-                raise HepinfraError("%s is not installed on this host" % name, hint="install %s" % package)
-            found[name] = path
-        restic = self.params["restic_path"]
-        path = restic if "/" in restic else self.module.get_bin_path(restic)
-        if not path:
-            raise HepinfraError("restic is not installed on this host", hint="install restic 0.17 or later, or set restic_path")
-        found["restic"] = path
-        return found
+        return find_tools(self.module.get_bin_path, self.params["restic_path"])
 
     def validate(self) -> None:
         problems = [problem for problem in map(check_tag, self.params["tags"]) if problem]

@@ -196,6 +196,7 @@ duration:
 """
 
 from ansible_collections.hepinfra.cloud.plugins.module_utils._base import HepinfraError, HepinfraModule
+from ansible_collections.hepinfra.cloud.plugins.module_utils._libvirt_backup import find_tools
 from ansible_collections.hepinfra.cloud.plugins.module_utils._libvirt_restore import DomainRestore
 from ansible_collections.hepinfra.cloud.plugins.module_utils._restic import (
     RESTIC_MUTUALLY_EXCLUSIVE, RESTIC_REQUIRED_ONE_OF, Restic, check_repository,
@@ -222,19 +223,7 @@ class LibvirtRestore(HepinfraModule):
     module_kwargs = {"mutually_exclusive": RESTIC_MUTUALLY_EXCLUSIVE, "required_one_of": RESTIC_REQUIRED_ONE_OF}
 
     def tools(self) -> dict[str, str]:
-        found = {}
-        for name in ("nbdcopy", "qemu-nbd", "qemu-img"):
-            path = self.module.get_bin_path(name)
-            if not path:
-                raise HepinfraError("%s is not installed on this host" % name,
-                                    hint="install qemu-utils and libnbd-bin (Debian) or qemu-img and libnbd (EL)")
-            found[name] = path
-        restic = self.params["restic_path"]
-        path = restic if "/" in restic else self.module.get_bin_path(restic)
-        if not path:
-            raise HepinfraError("restic is not installed on this host", hint="install restic 0.17 or later, or set restic_path")
-        found["restic"] = path
-        return found
+        return find_tools(self.module.get_bin_path, self.params["restic_path"])
 
     def run(self):
         if self.params["start"] and not self.params["define"]:
