@@ -12,7 +12,6 @@ import glob
 import json
 import os
 import subprocess
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,23 +23,6 @@ from hepinfra_testbed.common import LIBVIRT_NS, run
 
 PASSWORD = "restic-test-password-8c1f"
 URI = guest.URI
-
-
-@dataclass
-class Result:
-    """One module run through ansible-playbook."""
-
-    rc: int
-    result: dict
-    output: str
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.result.get("failed"))
-
-    @property
-    def msg(self) -> str:
-        return str(self.result.get("msg", ""))
 
 
 @dataclass
@@ -91,42 +73,6 @@ def repo(s3, restic_path) -> Repo:
         "repository_timeout": 30,
     }
     return Repo(url, args, {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key})
-
-
-@pytest.fixture
-def run_module(tmp_path):
-    """Run one module task with ansible-playbook; return its registered result and all output."""
-    counter = [0]
-
-    def run_it(module: str, args: dict, *, check_mode: bool = False, verbosity: int = 0, env: dict | None = None) -> Result:
-        counter[0] += 1
-        work = tmp_path / f"play{counter[0]}"
-        work.mkdir()
-        (work / "args.json").write_text(json.dumps({"module_args": args}))
-        out = work / "result.json"
-        play = [{
-            "hosts": "localhost",
-            "gather_facts": False,
-            "vars_files": [str(work / "args.json")],
-            "tasks": [
-                {"name": "module under test", module: "{{ module_args }}", "register": "outcome",
-                 "ignore_errors": True, "check_mode": check_mode},
-                {"name": "keep the result", "ansible.builtin.copy": {"content": "{{ outcome | to_json }}", "dest": str(out)},
-                 "check_mode": False},
-            ],
-        }]
-        (work / "play.yml").write_text(json.dumps(play))
-        full_env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_LOCAL_TEMP=str(work / "tmp"),
-                        ANSIBLE_PYTHON_INTERPRETER=sys.executable)
-        full_env.update(env or {})
-        argv = ["ansible-playbook", "-i", "localhost,", "-c", "local", str(work / "play.yml")]
-        if verbosity:
-            argv.append("-" + "v" * verbosity)
-        proc = subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=1800, check=False)
-        result = json.loads(out.read_text()) if out.exists() else {}
-        return Result(proc.returncode, result, proc.stdout + proc.stderr)
-
-    return run_it
 
 
 # -- domains ----------------------------------------------------------------------------------

@@ -1,0 +1,64 @@
+"""Real clouds for the image and user-data tests: a Keystone with two Glance regions, and libvirt pools.
+
+OpenStack: Keystone plus one Glance per region (hepinfra_testbed.openstack), users ``alpha``
+(project alpha, RegionOne) and ``beta`` (project beta, RegionTwo): two clouds that share
+nothing. libvirt: the testbed's private libvirtd with transient directory pools.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+
+import pytest
+from hepinfra_testbed import guest, openstack
+from hepinfra_testbed.common import run
+
+URI = guest.URI
+
+
+@pytest.fixture(scope="session")
+def cloud_services():
+    """Keystone + Glance x2 and libvirtd, for the session."""
+    guest.daemon_up()
+    info = openstack.up()
+    try:
+        yield info
+    finally:
+        openstack.down()
+
+
+@pytest.fixture
+def pools(tmp_path, cloud_services):
+    """Factory: a transient directory pool and its libvirt cloud definition."""
+    created = []
+
+    def make(short: str, **extra) -> tuple[dict, Path]:
+        name = f"{guest.PREFIX}-img-{short}-{uuid.uuid4().hex[:6]}"
+        path = tmp_path / f"pool-{short}"
+        path.mkdir()
+        run(["virsh", "-c", URI, "pool-create-as", name, "dir", "--target", path])
+        created.append(name)
+        return dict({"name": short, "type": "libvirt", "libvirt": {"uri": URI, "pool": name}}, **extra), path
+
+    yield make
+    for name in created:
+        run(["virsh", "-c", URI, "pool-destroy", name], check=False)
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    """Factory: a real qcow2 (or raw) image with content chosen by a seed byte and a random block."""
+
+    def make(label: str, pattern: int, size_mib: int = 64, fmt: str = "qcow2", random_mib: int = 2) -> Path:
+        path = tmp_path / f"{label}.{fmt}"
+        run(["qemu-img", "create", "-q", "-f", fmt, path, f"{size_mib}M"])
+        run(["qemu-io", "-f", fmt, "-c", f"write -P {pattern} 0 4M", path])
+        noise = tmp_path / f"{label}.noise"
+        noise.write_bytes(hashlib.sha256(label.encode()).digest() * (random_mib << 15))
+        run(["qemu-io", "-f", fmt, "-c", f"write -s {noise} 8M {random_mib}M", path])
+        noise.unlink()
+        return path
+
+    return make

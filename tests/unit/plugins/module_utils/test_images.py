@@ -1,0 +1,104 @@
+# -*- coding: utf-8 -*-
+# Copyright: hepinfra.cloud contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+import hashlib
+import threading
+
+from ansible_collections.hepinfra.cloud.plugins.module_utils import _images
+
+SHA_A = hashlib.sha256(b"a").hexdigest()
+SHA_B = hashlib.sha256(b"b").hexdigest()
+SHA_C = hashlib.sha256(b"c").hexdigest()
+
+
+def version(ver, sha, current=False, complete=True, in_use=False, protected=False):
+    return _images.Version(ref="id-" + ver, name="img-" + ver, version=ver, sha256=sha, format="qcow2", size=1,
+                           current=current, complete=complete, in_use=in_use, protected=protected)
+
+
+def test_same_content_as_current_needs_nothing():
+    versions = [version("20261101T000000Z", SHA_A, current=True), version("20261001T000000Z", SHA_B)]
+    assert _images.plan_content(versions, SHA_A) == ("none", versions[0])
+
+
+def test_content_of_an_older_version_is_restored_not_uploaded():
+    versions = [version("20261101T000000Z", SHA_A, current=True), version("20261001T000000Z", SHA_B)]
+    assert _images.plan_content(versions, SHA_B) == ("restore", versions[1])
+
+
+def test_new_content_or_an_incomplete_match_is_uploaded():
+    versions = [version("20261101T000000Z", SHA_A, current=True), version("20261001T000000Z", SHA_B, complete=False)]
+    assert _images.plan_content(versions, SHA_B) == ("upload", None)
+    assert _images.plan_content([], SHA_C) == ("upload", None)
+
+
+def test_libvirt_short_checksums_match_the_full_one():
+    assert _images.sha_matches(SHA_A[:12], SHA_A)
+    assert not _images.sha_matches(SHA_A[:11], SHA_A)
+    assert not _images.sha_matches("", SHA_A)
+
+
+def test_retention_keeps_newest_and_what_is_used():
+    versions = [
+        version("20261104T000000Z", SHA_A, current=True),
+        version("20261103T000000Z", SHA_B),
+        version("20261102T000000Z", SHA_C, in_use=True),
+        version("20261101T000000Z", SHA_C, protected=True),
+        version("20261031T000000Z", SHA_C, in_use=None),
+        version("20261030T000000Z", SHA_C),
+        version("20261105T000000Z", SHA_C, complete=False),
+    ]
+    delete, held = _images.plan_retention(versions, keep=2)
+    assert [v.version for v in delete] == ["20261105T000000Z", "20261030T000000Z"]
+    assert [v.version for v in held] == ["20261102T000000Z", "20261101T000000Z", "20261031T000000Z"]
+
+
+def test_retention_never_deletes_the_current_version_even_if_old():
+    versions = [version("20260101T000000Z", SHA_A, current=True), version("20261101T000000Z", SHA_B),
+                version("20261102T000000Z", SHA_C)]
+    delete, _held = _images.plan_retention(versions, keep=1)
+    assert sorted(v.version for v in delete) == ["20261101T000000Z", "20261102T000000Z"]
+
+
+def test_volume_names_round_trip():
+    name = _images.volume_name("worker-el9", "20261128T120000Z", SHA_A, "qcow2")
+    assert name == "worker-el9-20261128T120000Z-%s.qcow2" % SHA_A[:12]
+    assert _images.parse_volume_name(name) == ("worker-el9", "20261128T120000Z", SHA_A[:12], "qcow2")
+    assert _images.parse_volume_name(name + ".uploading") is None
+    assert _images.parse_volume_name("worker-el9.qcow2") is None
+
+
+def test_paths_in_use_follow_disks_and_backing_chains():
+    domain = ("<domain><devices><disk type='file'><source file='/p/a.qcow2'/>"
+              "<backingStore type='file'><source file='/p/base.qcow2'/></backingStore></disk></devices></domain>")
+    volume = "<volume><target><path>/p/w.qcow2</path></target><backingStore><path>/p/img.qcow2</path></backingStore></volume>"
+    assert _images.paths_in_use([domain], [volume]) == {"/p/a.qcow2", "/p/base.qcow2", "/p/img.qcow2"}
+
+
+def test_broadcast_reads_once_for_every_subscriber_and_survives_a_failed_one(tmp_path):
+    data = bytes(range(256)) * (3 * _images.CHUNK // 256 + 7)
+    path = tmp_path / "src"
+    path.write_bytes(data)
+    broadcast = _images.Broadcast(str(path), depth=1)
+    good, bad = broadcast.subscribe(), broadcast.subscribe()
+    received = []
+
+    def consume():
+        received.append(b"".join(good))
+
+    def fail_after_one():
+        for _chunk in bad:
+            break
+        bad.close()
+
+    threads = [threading.Thread(target=consume), threading.Thread(target=fail_after_one)]
+    for thread in threads:
+        thread.start()
+    broadcast.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert received == [data]
+    assert broadcast.bytes_read == len(data)
