@@ -143,7 +143,7 @@ netbox-down: ## stop the NetBox that netbox-up or the tests started
 # -- benchmarks (figures printed, never asserted) --------------------------------------------
 
 .PHONY: bench
-bench: bench-inventory bench-backup ## every benchmark
+bench: bench-inventory bench-backup bench-image ## every benchmark
 
 .PHONY: bench-inventory
 bench-inventory: bootstrap ## 10,000 NetBox hosts: hepinfra.cloud.cmdb vs nb_inventory, cold and cached
@@ -152,6 +152,10 @@ bench-inventory: bootstrap ## 10,000 NetBox hosts: hepinfra.cloud.cmdb vs nb_inv
 .PHONY: bench-backup
 bench-backup: bootstrap ## live backup of a domain with GiBs of real data into restic on S3: full vs dd, incremental after 1%
 	$(BIN)/python tests/bench/bench_backup.py
+
+.PHONY: bench-image
+bench-image: bootstrap ## a 1 GiB image onto 1 and onto 3 clouds (2 Glance + libvirt) in one run, then a re-run
+	$(BIN)/python tests/bench/bench_image.py
 
 .PHONY: molecule
 molecule: bootstrap ## molecule test for one role: make molecule ROLE=x [SCENARIO=y] [MOLECULE_COMMAND=converge]
