@@ -19,9 +19,14 @@ URI = guest.URI
 
 
 @pytest.fixture(scope="session")
-def cloud_services():
-    """Keystone + Glance x2 and libvirtd, for the session."""
+def libvirt_daemon():
+    """The testbed's private libvirtd."""
     guest.daemon_up()
+
+
+@pytest.fixture(scope="session")
+def cloud_services(libvirt_daemon):  # pylint: disable=unused-argument
+    """Keystone + Glance x2 (and libvirtd), for the session."""
     info = openstack.up()
     try:
         yield info

@@ -314,7 +314,7 @@ def _owned_domain(conn, name: str):
     return dom
 
 
-def guest_up(name: str, *, user_data: str | None = None, memory_mib: int = 1024,
+def guest_up(name: str, *, user_data: str | bytes | None = None, memory_mib: int = 1024,
              vcpus: int = 2, network: str | None = None, extra_packages: tuple[str, ...] = ()) -> str:
     """Define and start a guest on an overlay of the golden image; return the domain name."""
     files = guest_image(extra_packages)
@@ -330,7 +330,11 @@ def guest_up(name: str, *, user_data: str | None = None, memory_mib: int = 1024,
         overlay = workdir / "overlay.qcow2"
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", files["disk"], overlay])
         (workdir / "meta-data").write_text(f"instance-id: {name}-{int(time.time())}\nlocal-hostname: {name}\n")
-        (workdir / "user-data").write_text(user_data or "#cloud-config\n{}\n")
+        # bytes: user-data as a cloud would pass it (gzip, MIME multipart), written unchanged
+        if isinstance(user_data, bytes):
+            (workdir / "user-data").write_bytes(user_data)
+        else:
+            (workdir / "user-data").write_text(user_data or "#cloud-config\n{}\n")
         seed = workdir / "seed.img"
         run(["cloud-localds", seed, workdir / "user-data", workdir / "meta-data"])
         console = workdir / "console.log"
