@@ -364,7 +364,8 @@ def openstack_error(cloud: Cloud, exc: BaseException, action: str) -> HepinfraEr
     name = type(exc).__name__
     text = str(exc).strip() or name
     hint = None
-    if name in ("Unauthorized", "HttpError") and "401" in text or name == "Unauthorized":
+    status = getattr(exc, "http_status", None) or getattr(exc, "status_code", None)
+    if status == 401 or name == "Unauthorized" or "(HTTP 401)" in text:
         hint = "The credentials were refused: check the cloud's auth (an application credential may have expired)"
         text = "authentication failed (%s)" % name
     elif name in ("ConnectFailure", "ConnectTimeout", "ConnectionError", "DiscoveryFailure"):

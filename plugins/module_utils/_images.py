@@ -371,46 +371,62 @@ class GlanceTarget(Target):
             stale.current = False
         return found
 
-    def _image(self, ref: str) -> Any:
-        return self.conn.image.get_image(ref)
+    def _raw(self, ref: str) -> dict[str, Any]:
+        """The image as Glance's API shows it: every property flat, by its API name."""
+        response = self.conn.image.get("/images/%s" % ref)
+        response.raise_for_status()
+        return response.json()
+
+    def _patch(self, ref: str, values: dict[str, Any]) -> None:
+        """Set properties by their API names with a JSON patch (add or replace, as Glance needs)."""
+        if not values:
+            return
+        raw = self._raw(ref)
+        operations = [{"op": "replace" if key in raw else "add", "path": "/%s" % key, "value": value}
+                      for key, value in sorted(values.items())]
+        response = self.conn.image.patch("/images/%s" % ref, json=operations,
+                                         headers={"Content-Type": "application/openstack-images-v2.1-json-patch"})
+        response.raise_for_status()
 
     def metadata_changes(self, current: Version, desired: Desired) -> dict[str, Any]:
-        image = self._image(current.ref)
-        props = self._props(image)
+        raw = self._raw(current.ref)
         changes: dict[str, Any] = {}
-        for key, value in desired.properties.items():
-            if str(props.get(key)) != str(value) if key in props else True:
-                changes["properties.%s" % key] = (props.get(key), str(value))
-        if desired.visibility and image.visibility != desired.visibility:
-            changes["visibility"] = (image.visibility, desired.visibility)
-        if desired.tags is not None and sorted(image.tags or []) != sorted(set(desired.tags)):
-            changes["tags"] = (sorted(image.tags or []), sorted(set(desired.tags)))
+        for key, value in sorted(desired.properties.items()):
+            if key not in raw or str(raw[key]) != str(value):
+                changes["properties.%s" % key] = (raw.get(key), str(value))
+        if desired.visibility and raw.get("visibility") != desired.visibility:
+            changes["visibility"] = (raw.get("visibility"), desired.visibility)
+        tags = sorted(raw.get("tags") or [])
+        if desired.tags is not None and tags != sorted(set(desired.tags)):
+            changes["tags"] = (tags, sorted(set(desired.tags)))
         for attr, wanted in (("min_disk", desired.min_disk), ("min_ram", desired.min_ram)):
-            if wanted is not None and int(getattr(image, attr) or 0) != wanted:
-                changes[attr] = (int(getattr(image, attr) or 0), wanted)
-        if desired.protected is not None and bool(image.is_protected) != desired.protected:
-            changes["protected"] = (bool(image.is_protected), desired.protected)
+            if wanted is not None and int(raw.get(attr) or 0) != wanted:
+                changes[attr] = (int(raw.get(attr) or 0), wanted)
+        if desired.protected is not None and bool(raw.get("protected")) != desired.protected:
+            changes["protected"] = (bool(raw.get("protected")), desired.protected)
         return changes
 
     def apply_metadata(self, current: Version, desired: Desired) -> None:
-        image = self._image(current.ref)
         changes = self.metadata_changes(current, desired)
-        updates: dict[str, Any] = {}
+        values: dict[str, Any] = {}
         for key, (_before, after) in changes.items():
             if key.startswith("properties."):
-                updates[key.split(".", 1)[1]] = after
-            elif key in ("visibility", "min_disk", "min_ram"):
-                updates[key] = after
-            elif key == "protected":
-                updates["is_protected"] = after
-        if updates:
-            image = self.conn.image.update_image(image, **updates)
+                values[key.split(".", 1)[1]] = after
+            elif key != "tags":
+                values[key] = after
+        self._patch(current.ref, values)
         if "tags" in changes:
             before, after = changes["tags"]
-            for tag in set(after) - set(before):
-                self.conn.image.add_tag(image, tag)
-            for tag in set(before) - set(after):
-                self.conn.image.remove_tag(image, tag)
+            for tag in sorted(set(after) - set(before)):
+                self._tag("PUT", current.ref, tag)
+            for tag in sorted(set(before) - set(after)):
+                self._tag("DELETE", current.ref, tag)
+
+    def _tag(self, method: str, ref: str, tag: str) -> None:
+        from urllib.parse import quote  # pylint: disable=import-outside-toplevel
+
+        response = self.conn.image.request("/images/%s/tags/%s" % (ref, quote(tag, safe="")), method)
+        response.raise_for_status()
 
     def upload(self, artifact: Artifact, source: Artifact, desired: Desired, version: str,
                chunks: Iterator[bytes]) -> Version:
@@ -432,7 +448,7 @@ class GlanceTarget(Target):
             container_format="bare", md5=artifact.md5, sha256=artifact.sha256, validate_checksum=False,
             allow_duplicates=True, tags=sorted(set(desired.tags or [])), wait=True, **attrs, **properties,
         )
-        image = self._image(image.id)
+        image = self.conn.image.get_image(image.id)
         if image.status != "active":
             self.conn.image.delete_image(image.id, ignore_missing=True)
             raise HepinfraError("Glance left the upload in status %s" % image.status, target="cloud %s" % self.cloud.name)
@@ -441,14 +457,14 @@ class GlanceTarget(Target):
             raise HepinfraError("Glance stored different bytes than were sent (checksum %s, expected MD5 %s)"
                                 % (image.checksum, artifact.md5), target="cloud %s" % self.cloud.name)
         if desired.protected:
-            self.conn.image.update_image(image, is_protected=True)
+            self._patch(image.id, {"protected": True})
         return Version(ref=image.id, name=image.name, version=version, sha256=source.sha256, format=artifact.format,
                        size=int(image.size or 0))
 
     def promote(self, new: Version, current: Version | None, desired: Desired) -> None:
         if current is not None:
-            self.conn.image.update_image(current.ref, name="%s-%s" % (desired.name, current.version or current.ref[:8]))
-        self.conn.image.update_image(new.ref, name=desired.name)
+            self._patch(current.ref, {"name": "%s-%s" % (desired.name, current.version or current.ref[:8])})
+        self._patch(new.ref, {"name": desired.name})
         new.name = desired.name
         new.current = True
         if current is not None:

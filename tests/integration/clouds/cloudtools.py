@@ -54,3 +54,12 @@ def glance_download(info, user: str, image_id: str, dest: Path) -> Path:
 
 def pool_volumes(path: Path) -> list[str]:
     return sorted(entry.name for entry in path.iterdir())
+
+
+def glance_raw(info, user: str, image_id: str) -> dict:
+    """The image as Glance's API shows it (every property flat)."""
+    conn = sdk(info, user)
+    try:
+        return conn.image.get(f"/images/{image_id}").json()
+    finally:
+        conn.close()

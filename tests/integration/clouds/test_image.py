@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime
 
-from cloudtools import glance_download, glance_images, os_cloud, pool_volumes, same_guest_content, sha256_of
+from cloudtools import glance_download, glance_images, glance_raw, os_cloud, pool_volumes, same_guest_content, sha256_of
 from hepinfra_testbed import guest, openstack
 from hepinfra_testbed.common import run
 
@@ -42,7 +42,8 @@ def test_first_upload_rerun_change_and_retention(cloud_services, pools, image_fi
     alpha = glance_images(cloud_services, "alpha", name)
     assert [i.name for i in alpha] == [name]
     assert alpha[0].properties["hepinfra_sha256"] == sha256_of(first_src)
-    assert alpha[0].properties["os_distro"] == "debian" and alpha[0].tags == ["hepinfra-worker"]
+    raw = glance_raw(cloud_services, "alpha", alpha[0].id)
+    assert raw["os_distro"] == "debian" and raw["tags"] == ["hepinfra-worker"] and raw["status"] == "active"
     assert same_guest_content(first_src, glance_download(cloud_services, "alpha", alpha[0].id, tmp_path / "a.img"))
     beta = glance_images(cloud_services, "beta", name)
     assert [(i.name, i.disk_format) for i in beta] == [(name, "raw")]
@@ -238,7 +239,7 @@ def test_bad_cloud_definitions_name_the_field(run_module, image_file):
                      "clouds[3] (lv): the name lv is used twice"):
         assert expected in outcome.msg, outcome.msg
     typo = run_module(IMAGE, {"clouds": [{"name": "a", "type": "openstak"}], "name": "x", "src": str(src)})
-    assert typo.failed and "openstak" in typo.msg and "choices" in typo.msg
+    assert typo.failed and "type must be one of: openstack, libvirt, got: openstak" in typo.msg
     unknown = run_module(IMAGE, {"clouds": bad[3:], "targets": ["nope"], "name": "x", "src": str(src)})
     assert unknown.failed and "no cloud named nope" in unknown.msg
     not_image = src.with_suffix(".txt")
