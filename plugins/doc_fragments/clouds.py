@@ -13,7 +13,7 @@ options:
   clouds:
     description:
       - The site's clouds, each described once, usually as a list C(hepinfra_clouds) in group_vars and
-        passed as O(clouds=\"{{ hepinfra_clouds }}\"). The module takes the clouds it works on from this
+        passed to the module as O(clouds) with the value C({{ hepinfra_clouds }}). The module takes the clouds it works on from this
         list by name.
       - Every entry is validated; a bad field fails the task with a message naming the cloud and the field.
       - Credentials in it are never printed (Ansible hides them from results and logs).
@@ -60,7 +60,6 @@ options:
               - Keystone authentication, as in C(clouds.yaml). Give either username and password with a project,
                 or (preferred) an application credential, which needs no project.
             type: dict
-            no_log: false
             suboptions:
               auth_url:
                 description: Keystone's URL, for example C(https://keystone.example.org:5000/v3).
@@ -180,7 +179,6 @@ options:
           key_name:
             description: The SSH key pair (OpenStack).
             type: str
-            no_log: false
           security_groups:
             description: The security groups (OpenStack).
             type: list

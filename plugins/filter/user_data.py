@@ -44,7 +44,7 @@ def _cloud_settings(cloud: Any) -> dict[str, Any]:
     if not isinstance(cloud, Mapping):
         raise AnsibleFilterError("user_data: cloud must be one cloud definition (a dict), got %s" % type(cloud).__name__)
     try:
-        (definition,) = validate_clouds([dict(cloud)]).values()
+        definition = next(iter(validate_clouds([dict(cloud)]).values()))
     except HepinfraError as exc:
         raise AnsibleFilterError("user_data: %s" % exc) from None
     settings = definition.user_data

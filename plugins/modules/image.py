@@ -21,9 +21,9 @@ description:
     and the newest is current. A version is the UTC time of its upload, for example C(20261128T120000Z)."
   - Properties, visibility, tags, minimum disk and RAM and protection of the current Glance version are updated in
     place. They do not apply to libvirt pools.
-  - Retention keeps the newest O(keep) versions of O(name) and deletes older ones that no instance uses
+  - "Retention keeps the newest O(keep) versions of O(name) and deletes older ones that no instance uses
     (Glance: no server of the project was booted from it; libvirt: no domain's disk and no volume's backing chain
-    refers to it). Interrupted uploads are removed.
+    refers to it). Interrupted uploads are removed."
   - An image in a format a cloud does not take (see O(clouds[].image_formats)) is converted with C(qemu-img), once
     per format for all clouds that need it.
   - A failure on one cloud does not stop the others; the task fails at the end naming each failed cloud, and
@@ -297,8 +297,8 @@ class ImageModule(HepinfraModule):
                                "virtual_size": source.virtual_size}
         failed = [report for report in reports.values() if report["failed"]]
         if failed:
-            self.fail("image %s failed on %d of %d clouds: %s" % (name, len(failed), len(reports),
-                                                                   "; ".join(r["error"] for r in failed)),
+            summary = "; ".join(report["error"] for report in failed)
+            self.fail("image %s failed on %d of %d clouds: %s" % (name, len(failed), len(reports), summary),
                       **{k: v for k, v in result.items() if k != "changed"}, changed=changed)
         return result
 

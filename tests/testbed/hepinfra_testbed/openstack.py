@@ -399,8 +399,8 @@ def _stop(*servers: tuple[int, _Server]) -> None:
         groups = {pid: server for pid, server in groups.items() if _members(pid)}
         if not groups:
             return
-    raise TestbedError("survived SIGKILL: " + ", ".join(f"{server.name} (process group {pid}: {_members(pid)})"
-                                                       for pid, server in groups.items()))
+    survivors = ", ".join(f"{server.name} (process group {pid}: {_members(pid)})" for pid, server in groups.items())
+    raise TestbedError("survived SIGKILL: " + survivors)
 
 
 def _strays(servers: dict[str, _Server]) -> list[tuple[int, _Server]]:

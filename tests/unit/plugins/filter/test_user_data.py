@@ -71,7 +71,7 @@ def test_registered_under_its_name():
 
 
 def test_limits_and_compression_come_from_the_cloud_definition():
-    big = [{"type": "shell", "content": "#!/bin/sh\n" + "".join("echo %d\n" % random.Random(7).random() for _ in range(3000))}]
+    big = [{"type": "shell", "content": "#!/bin/sh\n" + "".join("echo %d\n" % number for number in range(3000))}]
     plain_cloud = {"name": "arbutus", "type": "openstack", "user_data": {"compression": False},
                    "openstack": {"cloud": "arbutus"}}
     assert user_data(big, {}, cloud=plain_cloud)["compressed"] is False
