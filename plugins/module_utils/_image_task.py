@@ -178,7 +178,8 @@ def apply_present(runs: list[CloudRun], source: _images.Artifact, desired: _imag
             target = run.target
             if run.action == "upload":
                 try:
-                    run.new = target.upload(artifacts[run.format], source, desired, version, iter(run.subscription))
+                    run.new = target.upload(artifacts[run.format], source, desired, version, iter(run.subscription),
+                                            broadcasts[run.format])
                 finally:
                     run.subscription.close()
                 reader = broadcasts[run.format]

@@ -57,7 +57,6 @@ class Artifact:
     size: int
     virtual_size: int
     sha256: str = ""
-    md5: str = ""
 
 
 def qemu_img_info(path: str) -> dict[str, Any]:
@@ -84,31 +83,65 @@ def inspect_source(path: str, declared_format: str | None) -> Artifact:
     return Artifact(path=path, format=detected, size=os.path.getsize(path), virtual_size=int(info["virtual-size"]))
 
 
-def hash_file(path: str) -> tuple[str, str]:
-    """SHA-256 and MD5 of a file (Glance records MD5 as the image checksum)."""
-    sha256 = hashlib.sha256()
-    md5 = hashlib.md5()  # nosec - Glance's checksum field is MD5; used to compare, not to secure
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while True:
             chunk = handle.read(CHUNK)
             if not chunk:
                 break
-            sha256.update(chunk)
-            md5.update(chunk)
-    return sha256.hexdigest(), md5.hexdigest()
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _signature(path: str) -> list[int]:
+    # ctime cannot be set from user space: any write to the file changes it
+    stat = os.stat(path)
+    return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
+
+
+def cached_sha256(path: str, cache_file: str | None, write: bool = True) -> tuple[str, bool]:
+    """SHA-256 of a file, from a cache keyed by path, size, mtime, ctime and inode when it is unchanged.
+
+    Returns (sha256, whether it came from the cache). A missing or unreadable cache is ignored.
+    """
+    key = os.path.realpath(path)
+    cache: dict[str, Any] = {}
+    if cache_file:
+        try:
+            with open(cache_file, encoding="utf-8") as handle:
+                cache = json.load(handle)
+        except (OSError, ValueError):
+            cache = {}
+        entry = cache.get(key) if isinstance(cache, dict) else None
+        if isinstance(entry, dict) and entry.get("signature") == _signature(path) and entry.get("sha256"):
+            return str(entry["sha256"]), True
+    signature = _signature(path)
+    sha256 = sha256_file(path)
+    if cache_file and write and _signature(path) == signature:
+        cache = cache if isinstance(cache, dict) else {}
+        cache[key] = {"signature": signature, "sha256": sha256, "at": time.time()}
+        newest = sorted(cache.items(), key=lambda item: item[1].get("at", 0) if isinstance(item[1], dict) else 0)[-200:]
+        try:
+            os.makedirs(os.path.dirname(cache_file) or ".", mode=0o700, exist_ok=True)
+            temporary = "%s.%d.tmp" % (cache_file, os.getpid())
+            with open(temporary, "w", encoding="utf-8") as handle:
+                json.dump(dict(newest), handle)
+            os.replace(temporary, cache_file)
+        except OSError:
+            pass  # a cache that cannot be written only costs the next run a hash
+    return sha256, False
 
 
 def convert(source: Artifact, target_format: str, directory: str) -> Artifact:
-    """Convert the source once into target_format in directory; hashed like the source."""
+    """Convert the source once into target_format in directory."""
     base = os.path.basename(source.path).rsplit(".", 1)[0]
     path = os.path.join(directory, "%s.%s" % (base, target_format))
     proc = subprocess.run(["qemu-img", "convert", "-f", source.format, "-O", target_format, source.path, path],
                           capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise HepinfraError("qemu-img convert of %s to %s failed: %s" % (source.path, target_format, proc.stderr.strip()))
-    artifact = Artifact(path=path, format=target_format, size=os.path.getsize(path), virtual_size=source.virtual_size)
-    artifact.sha256, artifact.md5 = hash_file(path)
-    return artifact
+    return Artifact(path=path, format=target_format, size=os.path.getsize(path), virtual_size=source.virtual_size)
 
 
 class Broadcast:
@@ -125,6 +158,9 @@ class Broadcast:
         self.error: BaseException | None = None
         self.bytes_read = 0
         self.thread: threading.Thread | None = None
+        # MD5 of everything read (Glance's checksum of an upload), final once `finished` is set
+        self.md5 = hashlib.md5()  # nosec - compared with Glance's checksum field, not a security use
+        self.finished = threading.Event()
 
     def subscribe(self) -> "Subscription":
         sub = Subscription(self.depth)
@@ -143,13 +179,21 @@ class Broadcast:
                     if not chunk:
                         break
                     self.bytes_read += len(chunk)
+                    self.md5.update(chunk)
                     for sub in self.subscribers:
                         sub.offer(chunk)
         except OSError as exc:
             self.error = exc
         finally:
+            self.finished.set()
             for sub in self.subscribers:
                 sub.offer(None)
+
+    def sent_md5(self, timeout: float = 600) -> str | None:
+        """MD5 of the whole file once it has been read to the end; None if reading failed or stopped early."""
+        if not self.finished.wait(timeout) or self.error is not None or self.bytes_read != os.path.getsize(self.path):
+            return None
+        return self.md5.hexdigest()
 
 
 class Subscription:
@@ -292,7 +336,7 @@ class Target:
         """Bring properties, visibility and tags of the current version in line."""
 
     def upload(self, artifact: Artifact, source: Artifact, desired: Desired, version: str,
-               chunks: Iterator[bytes]) -> Version:
+               chunks: Iterator[bytes], reader: Broadcast) -> Version:
         raise NotImplementedError
 
     def restore(self, older: Version, current: Version | None, desired: Desired, version: str) -> Version:
@@ -429,7 +473,7 @@ class GlanceTarget(Target):
         response.raise_for_status()
 
     def upload(self, artifact: Artifact, source: Artifact, desired: Desired, version: str,
-               chunks: Iterator[bytes]) -> Version:
+               chunks: Iterator[bytes], reader: Broadcast) -> Version:
         properties = {str(k): str(v) for k, v in desired.properties.items()}
         properties.update({
             "hepinfra_image": desired.name, "hepinfra_version": version, "hepinfra_sha256": source.sha256,
@@ -445,17 +489,18 @@ class GlanceTarget(Target):
         # so the name never points at a half-uploaded image.
         image = self.conn.image.create_image(
             "%s-%s" % (desired.name, version), data=counted(chunks, self), disk_format=artifact.format,
-            container_format="bare", md5=artifact.md5, sha256=artifact.sha256, validate_checksum=False,
+            container_format="bare", sha256=source.sha256 if artifact is source else None, validate_checksum=False,
             allow_duplicates=True, tags=sorted(set(desired.tags or [])), wait=True, **attrs, **properties,
         )
         image = self.conn.image.get_image(image.id)
         if image.status != "active":
             self.conn.image.delete_image(image.id, ignore_missing=True)
             raise HepinfraError("Glance left the upload in status %s" % image.status, target="cloud %s" % self.cloud.name)
-        if image.checksum and image.checksum != artifact.md5:
+        sent_md5 = reader.sent_md5()
+        if sent_md5 is None or (image.checksum and image.checksum != sent_md5):
             self.conn.image.delete_image(image.id, ignore_missing=True)
-            raise HepinfraError("Glance stored different bytes than were sent (checksum %s, expected MD5 %s)"
-                                % (image.checksum, artifact.md5), target="cloud %s" % self.cloud.name)
+            raise HepinfraError("Glance stored different bytes than were read (checksum %s, MD5 of the file %s)"
+                                % (image.checksum, sent_md5 or "unknown: reading failed"), target="cloud %s" % self.cloud.name)
         if desired.protected:
             self._patch(image.id, {"protected": True})
         return Version(ref=image.id, name=image.name, version=version, sha256=source.sha256, format=artifact.format,
@@ -585,7 +630,7 @@ class LibvirtTarget(Target):
         return self.pool.createXML(volume_xml(name, capacity), 0)
 
     def upload(self, artifact: Artifact, source: Artifact, desired: Desired, version: str,
-               chunks: Iterator[bytes]) -> Version:
+               chunks: Iterator[bytes], reader: Broadcast) -> Version:
         name = volume_name(desired.name, version, source.sha256, artifact.format)
         marker = self._create(name + MARKER_SUFFIX, 0)
         vol = None
@@ -598,13 +643,12 @@ class LibvirtTarget(Target):
                     if len(chunk) == CHUNK and chunk == ZERO_CHUNK:
                         stream.sendHole(len(chunk), 0)
                         continue
-                    view = memoryview(chunk)
-                    while len(view):
-                        sent = stream.send(bytes(view))
+                    while chunk:
+                        sent = stream.send(chunk)
                         if sent < 0:
                             raise HepinfraError("the upload stream to %s refused data" % name)
                         self.bytes_sent += sent
-                        view = view[sent:]
+                        chunk = chunk[sent:]
                 stream.finish()
             except BaseException:
                 try:

@@ -11,7 +11,7 @@ short_description: Put one VM image on many clouds (OpenStack Glance and libvirt
 version_added: 0.1.0
 description:
   - Uploads one qcow2 or raw image file to every selected cloud of O(clouds) in one task, concurrently, reading the
-    file once for all of them (plus one read to hash it first).
+    file once for all of them (plus one read to hash it first, skipped when O(checksum_cache) knows the file).
   - "Checksum-idempotent: a cloud that already has the same content (SHA-256 of the source) as the current version
     of O(name) gets nothing uploaded. Content that an older kept version has is made current again without
     uploading it (Glance: renamed back; libvirt: cloned inside the pool)."
@@ -101,6 +101,13 @@ options:
       - How many versions of O(name) to keep on each cloud, the current one included.
     type: int
     default: 3
+  checksum_cache:
+    description:
+      - A file on the host the module runs on that keeps the SHA-256 of each source by path, size, modification
+        and change time and inode, so an unchanged source is not read again to be hashed. Any write to the
+        source changes its change time, which the user cannot set back. An empty string hashes every time.
+    type: path
+    default: ~/.cache/hepinfra-cloud/image-checksums.json
   work_dir:
     description:
       - Where conversions are written (the system's temporary directory by default). Needs room for the image
@@ -152,6 +159,9 @@ image:
     virtual_size:
       description: The disk size the image gives a guest.
       type: int
+    checksum_cached:
+      description: Whether the SHA-256 came from O(checksum_cache) (the source was not read to hash it).
+      type: bool
 clouds:
   description: Per cloud (by name), what happened.
   returned: always
@@ -248,6 +258,7 @@ class ImageModule(HepinfraModule):
         protected=dict(type="bool"),
         keep=dict(type="int", default=3),
         work_dir=dict(type="path"),
+        checksum_cache=dict(type="path", default="~/.cache/hepinfra-cloud/image-checksums.json"),
     )
     shared_specs = ("clouds",)
     module_kwargs = dict(required_if=[("state", "present", ("src",))])
@@ -268,9 +279,11 @@ class ImageModule(HepinfraModule):
             protected=params["protected"])
         libraries = {"openstack": optional_import("openstack")[0], "libvirt": optional_import("libvirt")[0]}
         source = None
+        cached = False
         if desired.state == "present":
             source = _images.inspect_source(params["src"], params["disk_format"])
-            source.sha256, source.md5 = _images.hash_file(source.path)
+            source.sha256, cached = _images.cached_sha256(source.path, params["checksum_cache"] or None,
+                                                          write=not self.check_mode)
         runs = _image_task.connect_all(clouds, libraries)
         try:
             if source is not None:
@@ -294,7 +307,7 @@ class ImageModule(HepinfraModule):
         result = self.result(changed, before=before, after=after, clouds=reports)
         if source is not None:
             result["image"] = {"sha256": source.sha256, "format": source.format, "size": source.size,
-                               "virtual_size": source.virtual_size}
+                               "virtual_size": source.virtual_size, "checksum_cached": cached}
         failed = [report for report in reports.values() if report["failed"]]
         if failed:
             summary = "; ".join(report["error"] for report in failed)

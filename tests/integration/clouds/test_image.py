@@ -29,7 +29,7 @@ def test_first_upload_rerun_change_and_retention(cloud_services, pools, image_fi
     clouds, paths = four_clouds(cloud_services, pools)
     first_src = image_file("v1", 0x11)
     name = "worker-" + tmp_path.name[-8:]
-    args = {"clouds": clouds, "name": name, "src": str(first_src), "keep": 2,
+    args = {"clouds": clouds, "name": name, "src": str(first_src), "keep": 2, "checksum_cache": str(tmp_path / "sums.json"),
             "properties": {"os_distro": "debian"}, "tags": ["hepinfra-worker"]}
 
     first = run_module(IMAGE, args)
@@ -58,6 +58,7 @@ def test_first_upload_rerun_change_and_retention(cloud_services, pools, image_fi
     again = run_module(IMAGE, args)
     assert not again.failed, again.msg
     assert again.result["changed"] is False
+    assert first.result["image"]["checksum_cached"] is False and again.result["image"]["checksum_cached"] is True
     assert {c: (r["action"], r["bytes_sent"]) for c, r in again.result["clouds"].items()} == \
         dict.fromkeys(["alpha", "beta", "hv-a", "hv-b"], ("none", 0))
 
@@ -183,7 +184,8 @@ def test_application_credential_close_to_expiry_warns(cloud_services, image_file
     outcome = run_module(IMAGE, {"clouds": [cloud], "name": "appcred-" + tmp_path.name[-8:], "src": str(src)})
     assert not outcome.failed, outcome.msg
     warnings = outcome.result["clouds"]["appcred"]["warnings"]
-    assert len(warnings) == 1 and "expires in 4.9 days" in warnings[0] or "expires in 5.0 days" in warnings[0]
+    assert len(warnings) == 1 and ("expires in 4.9 days" in warnings[0] or "expires in 5.0 days" in warnings[0])
+    assert "cloud appcred: its application credential expires" in outcome.output  # shown as a task warning too
     assert credential["secret"] not in outcome.output
     # the same credential with the default 30-day window: still a warning; with 3 days: none
     quiet = dict(cloud, credential_warning_days=3)

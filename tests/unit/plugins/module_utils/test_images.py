@@ -102,3 +102,36 @@ def test_broadcast_reads_once_for_every_subscriber_and_survives_a_failed_one(tmp
         thread.join(timeout=30)
     assert received == [data]
     assert broadcast.bytes_read == len(data)
+
+
+def test_checksum_cache_skips_unchanged_files_and_notices_changes(tmp_path):
+    source = tmp_path / "image.raw"
+    source.write_bytes(b"one" * 1000)
+    cache = str(tmp_path / "cache" / "sums.json")
+    first = _images.cached_sha256(str(source), cache)
+    assert first == (hashlib.sha256(b"one" * 1000).hexdigest(), False)
+    assert _images.cached_sha256(str(source), cache) == (first[0], True)
+    with open(source, "r+b") as handle:  # same size, new content
+        handle.write(b"two")
+    changed = _images.cached_sha256(str(source), cache)
+    assert changed == (hashlib.sha256(b"two" + b"one" * 999).hexdigest(), False)
+    assert _images.cached_sha256(str(source), None) == (changed[0], False)
+
+
+def test_a_broken_checksum_cache_is_ignored(tmp_path):
+    source = tmp_path / "image.raw"
+    source.write_bytes(b"x")
+    cache = tmp_path / "sums.json"
+    cache.write_text("{not json")
+    assert _images.cached_sha256(str(source), str(cache)) == (hashlib.sha256(b"x").hexdigest(), False)
+    assert _images.cached_sha256(str(source), str(cache))[1] is True
+
+
+def test_broadcast_md5_is_of_the_whole_file(tmp_path):
+    path = tmp_path / "src"
+    path.write_bytes(b"abc" * 5000000)
+    broadcast = _images.Broadcast(str(path))
+    sub = broadcast.subscribe()
+    broadcast.start()
+    assert sum(len(chunk) for chunk in sub) == 15000000
+    assert broadcast.sent_md5(timeout=30) == hashlib.md5(b"abc" * 5000000).hexdigest()
