@@ -178,6 +178,13 @@ def _check_openstack(label: str, section: dict[str, Any] | None) -> list[str]:
                               % label)
         elif not (auth.get("password") and (auth.get("username") or auth.get("user_id"))):
             errors.append("%s: openstack.auth needs username and password, or an application credential" % label)
+        else:
+            if not (auth.get("project_name") or auth.get("project_id")):
+                errors.append("%s: password authentication needs project_name or project_id" % label)
+            if auth.get("username") and not (auth.get("user_domain_name") or auth.get("user_domain_id")):
+                errors.append("%s: username needs user_domain_name or user_domain_id (often 'Default')" % label)
+            if auth.get("project_name") and not (auth.get("project_domain_name") or auth.get("project_domain_id")):
+                errors.append("%s: project_name needs project_domain_name or project_domain_id" % label)
     if section.get("api_timeout") is not None and section["api_timeout"] <= 0:
         errors.append("%s: openstack.api_timeout must be positive" % label)
     return errors
@@ -364,7 +371,8 @@ def openstack_error(cloud: Cloud, exc: BaseException, action: str) -> HepinfraEr
     name = type(exc).__name__
     text = str(exc).strip() or name
     hint = None
-    status = getattr(exc, "http_status", None) or getattr(exc, "status_code", None)
+    status = (getattr(exc, "http_status", None) or getattr(exc, "status_code", None)
+              or getattr(getattr(exc, "response", None), "status_code", None))
     if status == 401 or name == "Unauthorized" or "(HTTP 401)" in text:
         hint = "The credentials were refused: check the cloud's auth (an application credential may have expired)"
         text = "authentication failed (%s)" % name

@@ -45,22 +45,33 @@ class CloudRun:
     error: str | None = None
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
+    applied: bool = False                 # a real run: what follows is what was done, not planned
+    done: list[str] = field(default_factory=list)   # steps that took effect (upload, promote, metadata, ...)
+    deleted: list[_images.Version] = field(default_factory=list)
+    aside: list[_images.Version] = field(default_factory=list)  # older versions still under the plain name
 
     @property
     def changed(self) -> bool:
-        return self.error is None and (self.action != "none" or bool(self.metadata) or bool(self.delete))
+        if self.applied:
+            return bool(self.done) or bool(self.deleted)
+        return self.error is None and (self.action != "none" or bool(self.metadata) or bool(self.delete)
+                                       or bool(self.aside))
 
     def report(self, converted_from: str | None) -> dict[str, Any]:
         current = self.new or self.current
+        if self.action in ("upload", "restore") and self.new is None:
+            current = None  # planned only (check mode) or failed: no new version to name
+        deleted = self.deleted if self.applied else self.delete
         return {
             "cloud": self.cloud.name, "type": self.cloud.type, "changed": self.changed, "failed": self.error is not None,
             "error": self.error, "action": self.action,
             "version": current.version if current else None, "id": current.ref if current else None,
+            "previous_version": self.current.version if self.current and self.current is not current else None,
             "format": self.format or (current.format if current else None),
             "converted_from": converted_from if self.action == "upload" and self.format != converted_from else None,
             "bytes_sent": self.target.bytes_sent if self.target else 0,
             "updated": sorted(self.metadata),
-            "deleted": sorted(v.name for v in self.delete),
+            "deleted": sorted(v.name for v in deleted),
             "kept_in_use": sorted(v.name for v in self.held),
             "warnings": list(self.target.warnings) if self.target else [],
             "duration": round(self.duration, 3),
@@ -126,6 +137,8 @@ def plan_present(runs: list[CloudRun], source: _images.Artifact, desired: _image
         if run.action == "none" and run.current is not None:
             run.format = run.current.format
             run.metadata = run.target.metadata_changes(run.current, desired)
+            if run.cloud.type == "openstack":
+                run.aside = [v for v in run.versions if v.name == desired.name and v is not run.current]
         _plan_retention(run, desired, extra_new=run.action in ("upload", "restore") and run.cloud.type == "libvirt")
 
     plan.action = "planning"  # type: ignore[attr-defined]
@@ -153,45 +166,69 @@ def _plan_retention(run: CloudRun, desired: _images.Desired, extra_new: bool) ->
 
 
 def apply_present(runs: list[CloudRun], source: _images.Artifact, desired: _images.Desired,
-                  work_dir: str | None) -> dict[str, _images.Artifact]:
+                  work_dir: str | None, stall_timeout: float = 300) -> None:
     """Convert once per needed format, read each artifact once, upload to every cloud at once."""
     active = [run for run in runs if run.error is None]
+    for run in active:
+        run.applied = True
     artifacts: dict[str, _images.Artifact] = {source.format: source}
     needed = sorted({run.format for run in active if run.action == "upload"} - {source.format})
-    scratch = tempfile.mkdtemp(prefix="hepinfra-image-", dir=work_dir) if needed else None
+    scratch = None
     try:
         for fmt in needed:
             try:
+                if scratch is None:
+                    scratch = tempfile.mkdtemp(prefix="hepinfra-image-", dir=work_dir)
                 artifacts[fmt] = _images.convert(source, fmt, scratch)
-            except HepinfraError as exc:
+                if _images.signature(source.path) != source.signature:
+                    raise HepinfraError("%s changed while it was converted" % source.path)
+            except (HepinfraError, OSError) as exc:
                 for run in active:
                     if run.action == "upload" and run.format == fmt:
-                        run.error = str(exc)
+                        run.error = "cloud %s: converting the image to %s failed: %s" % (run.cloud.name, fmt, exc)
         version = _images.new_version()
         broadcasts: dict[str, _images.Broadcast] = {}
         for run in active:
             if run.error is None and run.action == "upload":
-                broadcast = broadcasts.setdefault(run.format, _images.Broadcast(artifacts[run.format].path))
-                run.subscription = broadcast.subscribe()
+                artifact = artifacts[run.format]
+                if run.format not in broadcasts:
+                    broadcasts[run.format] = _images.Broadcast(
+                        artifact.path, expected_size=artifact.size,
+                        expected_sha256=source.sha256 if artifact is source else None, stall_timeout=stall_timeout)
+                run.subscription = broadcasts[run.format].subscribe()
 
         def apply(run: CloudRun) -> None:
             target = run.target
+            others = [v for v in run.versions if v.name == desired.name and v is not run.current]
             if run.action == "upload":
                 try:
                     run.new = target.upload(artifacts[run.format], source, desired, version, iter(run.subscription),
-                                            broadcasts[run.format])
+                                            broadcasts[run.format], run.current)
                 finally:
                     run.subscription.close()
-                reader = broadcasts[run.format]
-                if reader.error is not None:
-                    raise HepinfraError("reading %s failed: %s" % (reader.path, reader.error))
-                target.promote(run.new, run.current, desired)
+                run.done.append("upload")
+                target.promote(run.new, run.current, desired, others)
+                run.done.append("promote")
             elif run.action == "restore":
-                run.new = target.restore(run.older, run.current, desired, version)
-            elif run.metadata:
-                target.apply_metadata(run.current, desired)
-            for old in run.delete:
-                target.delete(old)
+                run.new = target.restore(run.older, run.current, desired, version, others)
+                run.done.append("restore")
+            else:
+                if run.aside:
+                    target.promote(run.current, None, desired, run.aside)
+                    run.done.append("rename aside")
+                if run.metadata:
+                    target.apply_metadata(run.current, desired)
+                    run.done.append("metadata")
+            if run.delete:
+                # instances may have started on an old version while this run uploaded: ask again
+                target.mark_use(run.delete)
+                for old in list(run.delete):
+                    if old.complete and (old.in_use is not False or old.protected):
+                        run.delete.remove(old)
+                        run.held.append(old)
+                        continue
+                    target.delete(old)
+                    run.deleted.append(old)
 
         apply.action = "uploading"  # type: ignore[attr-defined]
         threads = []
@@ -199,20 +236,29 @@ def apply_present(runs: list[CloudRun], source: _images.Artifact, desired: _imag
             if run.error is None:
                 thread = threading.Thread(target=parallel, args=([run], apply), daemon=True)
                 thread.start()
-                threads.append(thread)
+                threads.append((run, thread))
         for broadcast in broadcasts.values():
             broadcast.start()
-        for thread in threads:
-            thread.join()
+        for run, thread in threads:
+            # a reader drops an upload that takes nothing for stall_timeout; one stuck inside a
+            # client library call is given up on after twice that, and the others still finish
+            while thread.is_alive():
+                thread.join(timeout=stall_timeout)
+                if thread.is_alive() and run.subscription is not None and not run.subscription.alive:
+                    thread.join(timeout=stall_timeout)
+                    if thread.is_alive():
+                        run.error = "cloud %s: the upload hung for over %d s and was abandoned" % (
+                            run.cloud.name, 2 * stall_timeout)
+                        break
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
-    return artifacts
 
 
 def plan_absent(runs: list[CloudRun], desired: _images.Desired) -> None:
     def plan(run: CloudRun) -> None:
         run.versions = run.target.versions(desired.name)
+        run.current = next((v for v in run.versions if v.current and v.complete), None)
         run.target.mark_use(run.versions)
         for version in run.versions:
             if version.in_use is not False or version.protected:
@@ -226,9 +272,18 @@ def plan_absent(runs: list[CloudRun], desired: _images.Desired) -> None:
 
 
 def apply_absent(runs: list[CloudRun]) -> None:
+    for run in runs:
+        run.applied = run.error is None
+
     def apply(run: CloudRun) -> None:
-        for version in run.delete:
+        run.target.mark_use(run.delete)
+        for version in list(run.delete):
+            if version.complete and (version.in_use is not False or version.protected):
+                run.delete.remove(version)
+                run.held.append(version)
+                continue
             run.target.delete(version)
+            run.deleted.append(version)
 
     apply.action = "deleting"  # type: ignore[attr-defined]
     parallel([run for run in runs if run.error is None and run.delete], apply)

@@ -57,6 +57,7 @@ class Artifact:
     size: int
     virtual_size: int
     sha256: str = ""
+    signature: list[int] = field(default_factory=list)
 
 
 def qemu_img_info(path: str) -> dict[str, Any]:
@@ -94,7 +95,7 @@ def sha256_file(path: str) -> str:
     return digest.hexdigest()
 
 
-def _signature(path: str) -> list[int]:
+def signature(path: str) -> list[int]:
     # ctime cannot be set from user space: any write to the file changes it
     stat = os.stat(path)
     return [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino, stat.st_dev]
@@ -114,13 +115,15 @@ def cached_sha256(path: str, cache_file: str | None, write: bool = True) -> tupl
         except (OSError, ValueError):
             cache = {}
         entry = cache.get(key) if isinstance(cache, dict) else None
-        if isinstance(entry, dict) and entry.get("signature") == _signature(path) and entry.get("sha256"):
+        if isinstance(entry, dict) and entry.get("signature") == signature(path) and entry.get("sha256"):
             return str(entry["sha256"]), True
-    signature = _signature(path)
+    before = signature(path)
     sha256 = sha256_file(path)
-    if cache_file and write and _signature(path) == signature:
+    if signature(path) != before:
+        raise HepinfraError("%s changed while it was hashed" % path, hint="Upload a file nothing is writing to")
+    if cache_file and write:
         cache = cache if isinstance(cache, dict) else {}
-        cache[key] = {"signature": signature, "sha256": sha256, "at": time.time()}
+        cache[key] = {"signature": before, "sha256": sha256, "at": time.time()}
         newest = sorted(cache.items(), key=lambda item: item[1].get("at", 0) if isinstance(item[1], dict) else 0)[-200:]
         try:
             os.makedirs(os.path.dirname(cache_file) or ".", mode=0o700, exist_ok=True)
@@ -144,26 +147,36 @@ def convert(source: Artifact, target_format: str, directory: str) -> Artifact:
     return Artifact(path=path, format=target_format, size=os.path.getsize(path), virtual_size=source.virtual_size)
 
 
+END = object()  # the reader's last word to each subscriber
+
+
 class Broadcast:
     """Reads a file once and hands every chunk to each subscriber's bounded queue.
 
-    A subscriber that fails calls ``close()``; the reader then skips it, so one broken upload
-    never stalls the others.
+    A subscriber that fails calls ``close()``; the reader then skips it, and one that accepts
+    nothing for ``stall_timeout`` seconds is dropped, so one broken or hung upload never stops
+    the others. While reading, the reader takes the MD5 (Glance's checksum) and, when
+    ``expected_sha256`` is given, the SHA-256 of the bytes: :meth:`outcome` tells each upload,
+    before it commits anything, whether what it was sent is complete and is what was hashed.
     """
 
-    def __init__(self, path: str, depth: int = 8) -> None:
+    def __init__(self, path: str, expected_size: int, expected_sha256: str | None = None, depth: int = 8,
+                 stall_timeout: float = 300) -> None:
         self.path = path
+        self.expected_size = expected_size
+        self.expected_sha256 = expected_sha256
         self.depth = depth
+        self.stall_timeout = stall_timeout
         self.subscribers: list[Subscription] = []
-        self.error: BaseException | None = None
+        self.error: str | None = None
         self.bytes_read = 0
         self.thread: threading.Thread | None = None
-        # MD5 of everything read (Glance's checksum of an upload), final once `finished` is set
         self.md5 = hashlib.md5()  # nosec - compared with Glance's checksum field, not a security use
+        self.sha256 = hashlib.sha256() if expected_sha256 else None
         self.finished = threading.Event()
 
     def subscribe(self) -> "Subscription":
-        sub = Subscription(self.depth)
+        sub = Subscription(self.depth, self.stall_timeout)
         self.subscribers.append(sub)
         return sub
 
@@ -180,37 +193,55 @@ class Broadcast:
                         break
                     self.bytes_read += len(chunk)
                     self.md5.update(chunk)
+                    if self.sha256 is not None:
+                        self.sha256.update(chunk)
                     for sub in self.subscribers:
                         sub.offer(chunk)
-        except OSError as exc:
-            self.error = exc
+            self.error = self._check()
+        except BaseException as exc:  # pylint: disable=broad-exception-caught
+            self.error = "%s: %s" % (type(exc).__name__, exc)
         finally:
             self.finished.set()
             for sub in self.subscribers:
-                sub.offer(None)
+                sub.offer(END)
 
-    def sent_md5(self, timeout: float = 600) -> str | None:
-        """MD5 of the whole file once it has been read to the end; None if reading failed or stopped early."""
-        if not self.finished.wait(timeout) or self.error is not None or self.bytes_read != os.path.getsize(self.path):
-            return None
+    def _check(self) -> str | None:
+        if self.bytes_read != self.expected_size:
+            return "read %d bytes where %d were expected: the file changed while it was read" % (
+                self.bytes_read, self.expected_size)
+        if self.sha256 is not None and self.sha256.hexdigest() != self.expected_sha256:
+            return ("its SHA-256 is now %s, not %s as hashed before the upload: the file changed (or the checksum "
+                    "cache is stale)" % (self.sha256.hexdigest(), self.expected_sha256))
+        return None
+
+    def outcome(self, timeout: float = 600) -> str:
+        """The MD5 of the whole file once read to the end and checked; raises HepinfraError otherwise."""
+        if not self.finished.wait(timeout):
+            raise HepinfraError("reading %s did not finish within %d s" % (self.path, timeout))
+        if self.error is not None:
+            raise HepinfraError("reading %s failed: %s" % (self.path, self.error))
         return self.md5.hexdigest()
 
 
 class Subscription:
     """One consumer's view of a Broadcast: iterate to get the chunks."""
 
-    def __init__(self, depth: int) -> None:
+    def __init__(self, depth: int, stall_timeout: float = 300) -> None:
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.alive = True
-        self.reader_failed = False
+        self.stalled = False
+        self.stall_timeout = stall_timeout
 
-    def offer(self, chunk: bytes | None) -> None:
+    def offer(self, chunk: Any) -> None:
+        deadline = time.monotonic() + self.stall_timeout
         while self.alive:
             try:
                 self.queue.put(chunk, timeout=0.5)
                 return
             except queue.Full:
-                continue
+                if time.monotonic() > deadline:
+                    self.stalled = True
+                    self.close()
 
     def close(self) -> None:
         self.alive = False
@@ -222,8 +253,13 @@ class Subscription:
 
     def __iter__(self) -> Iterator[bytes]:
         while True:
-            chunk = self.queue.get()
-            if chunk is None:
+            try:
+                chunk = self.queue.get(timeout=1)
+            except queue.Empty:
+                if not self.alive:
+                    raise HepinfraError("the upload took no data for %d s and was dropped" % self.stall_timeout) from None
+                continue
+            if chunk is END:
                 return
             yield chunk
 
@@ -336,13 +372,15 @@ class Target:
         """Bring properties, visibility and tags of the current version in line."""
 
     def upload(self, artifact: Artifact, source: Artifact, desired: Desired, version: str,
-               chunks: Iterator[bytes], reader: Broadcast) -> Version:
+               chunks: Iterator[bytes], reader: Broadcast, current: Version | None = None) -> Version:
         raise NotImplementedError
 
-    def restore(self, older: Version, current: Version | None, desired: Desired, version: str) -> Version:
+    def restore(self, older: Version, current: Version | None, desired: Desired, version: str,
+                others: list[Version] | None = None) -> Version:
         raise NotImplementedError
 
-    def promote(self, new: Version, current: Version | None, desired: Desired) -> None:
+    def promote(self, new: Version, current: Version | None, desired: Desired,
+                others: list[Version] | None = None) -> None:
         """Make an uploaded version the current one."""
 
     def mark_use(self, versions: list[Version]) -> None:
@@ -360,6 +398,17 @@ def counted(chunks: Iterator[bytes], target: Target) -> Iterator[bytes]:
 
 # -- OpenStack Glance -----------------------------------------------------------------------
 
+# Glance statuses of an upload that never finished (a killed run): such versions are removed.
+INTERRUPTED = ("queued", "saving", "uploading", "importing", "killed")
+# What Glance itself sets on an image; everything else is a property a new version inherits.
+GLANCE_CORE = {
+    "id", "name", "status", "visibility", "protected", "os_hidden", "checksum", "os_hash_algo", "os_hash_value",
+    "owner", "size", "virtual_size", "min_ram", "min_disk", "created_at", "updated_at", "tags", "self", "file",
+    "schema", "disk_format", "container_format", "locations", "direct_url", "stores", "os_glance_failed_import",
+    "os_glance_importing_to_stores",
+}
+
+
 class GlanceTarget(Target):
     kind = "openstack"
 
@@ -373,7 +422,13 @@ class GlanceTarget(Target):
 
         self.conn = _clouds.openstack_connection(self.cloud)
         self.conn.authorize()
-        expiry = _clouds.credential_expiry(self.conn)
+        try:
+            expiry = _clouds.credential_expiry(self.conn)
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            # access rules or policy may forbid reading the credential: that must not stop the work
+            self.warnings.append("cloud %s: could not read the application credential's expiry (%s)"
+                                 % (self.cloud.name, type(exc).__name__))
+            return
         if expiry:
             warning = _clouds.expiry_warning(self.cloud, expiry["expires_at"])
             if warning:
@@ -404,12 +459,13 @@ class GlanceTarget(Target):
             found.append(Version(
                 ref=image.id, name=image.name, version=str(props.get("hepinfra_version", "")),
                 sha256=str(props.get("hepinfra_sha256", "")), format=image.disk_format or "",
-                size=int(image.size or 0), current=image.name == name, complete=image.status == "active",
+                size=int(image.size or 0), current=image.name == name, complete=image.status not in INTERRUPTED,
                 protected=bool(image.is_protected),
                 extra={"status": image.status, "visibility": image.visibility, "tags": sorted(image.tags or []),
                        "checksum": image.checksum},
             ))
-        # Two images under the plain name (a race, or hands): the newest is current.
+        # Two images under the plain name (a killed promote, or hands): the newest is current,
+        # promote() renames the others aside.
         currents = sorted((v for v in found if v.current), key=lambda v: v.version, reverse=True)
         for stale in currents[1:]:
             stale.current = False
@@ -472,60 +528,86 @@ class GlanceTarget(Target):
         response = self.conn.image.request("/images/%s/tags/%s" % (ref, quote(tag, safe="")), method)
         response.raise_for_status()
 
+    def _inherited(self, current: Version | None) -> dict[str, Any]:
+        """What a new version takes over from the current one: its properties, visibility, minimums."""
+        if current is None:
+            return {}
+        raw = self._raw(current.ref)
+        inherited = {key: value for key, value in raw.items()
+                     if key not in GLANCE_CORE and not key.startswith(("hepinfra_", "owner_specified."))}
+        for key in ("visibility", "min_disk", "min_ram"):
+            if raw.get(key) is not None:
+                inherited[key] = raw[key]
+        inherited["tags"] = sorted(raw.get("tags") or [])
+        return inherited
+
     def upload(self, artifact: Artifact, source: Artifact, desired: Desired, version: str,
-               chunks: Iterator[bytes], reader: Broadcast) -> Version:
-        properties = {str(k): str(v) for k, v in desired.properties.items()}
-        properties.update({
+               chunks: Iterator[bytes], reader: Broadcast, current: Version | None = None) -> Version:
+        attrs = self._inherited(current)
+        tags = attrs.pop("tags", [])
+        attrs.update({str(k): str(v) for k, v in desired.properties.items()})
+        if desired.tags is not None:
+            tags = sorted(set(desired.tags))
+        for key in ("visibility", "min_disk", "min_ram"):
+            if getattr(desired, key) is not None:
+                attrs[key] = getattr(desired, key)
+        attrs.update({
             "hepinfra_image": desired.name, "hepinfra_version": version, "hepinfra_sha256": source.sha256,
             "hepinfra_source_format": source.format,
         })
-        attrs: dict[str, Any] = {}
-        if desired.visibility:
-            attrs["visibility"] = desired.visibility
-        for key in ("min_disk", "min_ram"):
-            if getattr(desired, key) is not None:
-                attrs[key] = getattr(desired, key)
-        # Uploaded under its aside name; promote() gives it the plain name once it is active,
-        # so the name never points at a half-uploaded image.
+        # Uploaded under its aside name; promote() gives it the plain name once it is active and
+        # checked, so the name never points at a half-uploaded image.
         image = self.conn.image.create_image(
             "%s-%s" % (desired.name, version), data=counted(chunks, self), disk_format=artifact.format,
             container_format="bare", sha256=source.sha256 if artifact is source else None, validate_checksum=False,
-            allow_duplicates=True, tags=sorted(set(desired.tags or [])), wait=True, **attrs, **properties,
+            allow_duplicates=True, tags=tags, properties=attrs,
         )
-        image = self.conn.image.get_image(image.id)
-        if image.status != "active":
+        try:
+            sent_md5 = reader.outcome()
+            image = self.conn.image.get_image(image.id)
+            if image.status != "active":
+                raise HepinfraError("Glance left the upload in status %s" % image.status)
+            if image.checksum and image.checksum != sent_md5:
+                raise HepinfraError("Glance stored different bytes than were read (checksum %s, MD5 of the file %s)"
+                                    % (image.checksum, sent_md5))
+            if desired.protected:
+                self._patch(image.id, {"protected": True})
+        except BaseException:
             self.conn.image.delete_image(image.id, ignore_missing=True)
-            raise HepinfraError("Glance left the upload in status %s" % image.status, target="cloud %s" % self.cloud.name)
-        sent_md5 = reader.sent_md5()
-        if sent_md5 is None or (image.checksum and image.checksum != sent_md5):
-            self.conn.image.delete_image(image.id, ignore_missing=True)
-            raise HepinfraError("Glance stored different bytes than were read (checksum %s, MD5 of the file %s)"
-                                % (image.checksum, sent_md5 or "unknown: reading failed"), target="cloud %s" % self.cloud.name)
-        if desired.protected:
-            self._patch(image.id, {"protected": True})
+            raise
         return Version(ref=image.id, name=image.name, version=version, sha256=source.sha256, format=artifact.format,
                        size=int(image.size or 0))
 
-    def promote(self, new: Version, current: Version | None, desired: Desired) -> None:
-        if current is not None:
-            self._patch(current.ref, {"name": "%s-%s" % (desired.name, current.version or current.ref[:8])})
+    def promote(self, new: Version, current: Version | None, desired: Desired,
+                others: list[Version] | None = None) -> None:
+        # The new version takes the plain name first: a killed run leaves two images under it
+        # (the next run renames the older aside), never none.
         self._patch(new.ref, {"name": desired.name})
+        for old in [current] + list(others or []):
+            if old is not None and old.ref != new.ref and old.name == desired.name:
+                old.name = "%s-%s" % (desired.name, old.version or old.ref[:8])
+                self._patch(old.ref, {"name": old.name})
+                old.current = False
         new.name = desired.name
         new.current = True
-        if current is not None:
-            current.current = False
 
-    def restore(self, older: Version, current: Version | None, desired: Desired, version: str) -> Version:
-        self.promote(older, current, desired)
+    def restore(self, older: Version, current: Version | None, desired: Desired, version: str,
+                others: list[Version] | None = None) -> Version:
+        self.promote(older, current, desired, others)
+        self.apply_metadata(older, desired)
         return older
 
     def mark_use(self, versions: list[Version]) -> None:
-        if not self.conn.has_service("compute"):
-            # No compute service in the catalog: no server can be using an image of this cloud.
-            for version in versions:
-                version.in_use = False
-            return
+        has_compute = self.conn.has_service("compute")
         for version in versions:
+            if version.extra.get("visibility") in ("public", "community"):
+                # servers of other projects may use it, and this project cannot see them
+                version.in_use = None
+                continue
+            if not has_compute:
+                # no compute service in the catalog: no server can be using an image of this cloud
+                version.in_use = False
+                continue
             try:
                 version.in_use = any(True for _server in self.conn.compute.servers(image=version.ref))
             except Exception as exc:  # pylint: disable=broad-exception-caught
@@ -539,6 +621,9 @@ class GlanceTarget(Target):
 
 # -- libvirt storage pools ------------------------------------------------------------------
 
+SPARSE_POOL_TYPES = ("dir", "fs", "netfs")
+
+
 def volume_name(name: str, version: str, sha256: str, fmt: str) -> str:
     return "%s-%s-%s.%s" % (name, version, sha256[:12], fmt)
 
@@ -551,30 +636,39 @@ def parse_volume_name(volume: str) -> tuple[str, str, str, str] | None:
     return match.group("name"), match.group("version"), match.group("sha"), match.group("fmt")
 
 
-def volume_xml(name: str, capacity: int) -> str:
+def volume_xml(name: str, capacity: int, sparse: bool = True, fmt: str = "raw") -> str:
     from xml.sax.saxutils import escape  # pylint: disable=import-outside-toplevel
 
-    return ("<volume><name>%s</name><capacity unit='bytes'>%d</capacity><allocation unit='bytes'>0</allocation>"
-            "<target><format type='raw'/></target></volume>" % (escape(name), capacity))
+    # Block pools (LVM and others) need the space up front: a sparse LV is a snapshot that
+    # turns invalid once it fills up.
+    allocation = 0 if sparse else capacity
+    return ("<volume><name>%s</name><capacity unit='bytes'>%d</capacity><allocation unit='bytes'>%d</allocation>"
+            "<target><format type='%s'/></target></volume>" % (escape(name), capacity, allocation, escape(fmt)))
 
 
-def paths_in_use(domain_xmls: list[str], volume_xmls: list[str]) -> set[str]:
-    """Every file a domain's disks or a volume's backing chain refer to."""
+def disk_references(domain_xmls: list[str], volume_xmls: list[str]) -> tuple[set[str], set[tuple[str, str]]]:
+    """(paths, (pool, volume) pairs) every domain disk and every volume's backing chain refer to.
+
+    Network disks count by their name (for RBD, ``pool/image``).
+    """
     from xml.etree import ElementTree  # pylint: disable=import-outside-toplevel
 
-    used: set[str] = set()
+    paths: set[str] = set()
+    volumes: set[tuple[str, str]] = set()
     for text in domain_xmls:
         root = ElementTree.fromstring(text)
         for source in root.iter("source"):
-            for attr in ("file", "dev", "volume"):
+            for attr in ("file", "dev", "name"):
                 if source.get(attr):
-                    used.add(source.get(attr))
+                    paths.add(source.get(attr))
+            if source.get("pool") and source.get("volume"):
+                volumes.add((source.get("pool"), source.get("volume")))
     for text in volume_xmls:
         root = ElementTree.fromstring(text)
         backing = root.find("backingStore/path")
         if backing is not None and backing.text:
-            used.add(backing.text)
-    return used
+            paths.add(backing.text)
+    return paths, volumes
 
 
 class LibvirtTarget(Target):
@@ -585,6 +679,7 @@ class LibvirtTarget(Target):
         self.libvirt = libraries["libvirt"]
         self.conn: Any = None
         self.pool: Any = None
+        self.sparse = True
 
     def connect(self) -> None:
         self.libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -597,7 +692,20 @@ class LibvirtTarget(Target):
         if not self.pool.isActive():
             raise HepinfraError("storage pool %s is not active" % self.cloud.libvirt["pool"],
                                 target="cloud %s" % self.cloud.name, hint="virsh pool-start %s" % self.cloud.libvirt["pool"])
-        self.pool.refresh(0)
+        match = re.search(r"<pool type=['\"](\w+)['\"]", self.pool.XMLDesc(0))
+        self.sparse = bool(match) and match.group(1) in SPARSE_POOL_TYPES
+        self._refresh()
+
+    def _refresh(self) -> None:
+        """Refresh the pool; libvirt refuses while a volume is being built in it, so wait for that."""
+        for attempt in range(30):
+            try:
+                self.pool.refresh(0)
+                return
+            except self.libvirt.libvirtError as exc:
+                if "asynchronous jobs" not in (exc.get_error_message() or "") or attempt == 29:
+                    raise
+                time.sleep(2)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -614,33 +722,42 @@ class LibvirtTarget(Target):
         found = []
         for volume in volumes:
             parsed = parse_volume_name(volume)
-            if not parsed or parsed[0] != name:
-                continue
-            vol = self.pool.storageVolLookupByName(volume)
-            _kind, capacity, allocation = vol.info()
-            found.append(Version(ref=volume, name=volume, version=parsed[1], sha256=parsed[2], format=parsed[3],
-                                 size=capacity, complete=volume + MARKER_SUFFIX not in volumes,
-                                 extra={"path": vol.path(), "allocation": allocation}))
+            if parsed and parsed[0] == name:
+                vol = self.pool.storageVolLookupByName(volume)
+                _kind, capacity, allocation = vol.info()
+                found.append(Version(ref=volume, name=volume, version=parsed[1], sha256=parsed[2], format=parsed[3],
+                                     size=capacity, complete=volume + MARKER_SUFFIX not in volumes,
+                                     extra={"path": vol.path(), "allocation": allocation}))
+            elif volume.endswith(MARKER_SUFFIX) and volume[:-len(MARKER_SUFFIX)] not in volumes:
+                # a marker whose volume was never created (a run killed in between)
+                parsed = parse_volume_name(volume[:-len(MARKER_SUFFIX)])
+                if parsed and parsed[0] == name:
+                    found.append(Version(ref=volume[:-len(MARKER_SUFFIX)], name=volume, version=parsed[1],
+                                         sha256=parsed[2], format=parsed[3], size=0, complete=False))
         complete = sorted((v for v in found if v.complete), key=lambda v: v.version, reverse=True)
         if complete:
             complete[0].current = True
         return found
 
-    def _create(self, name: str, capacity: int) -> Any:
-        return self.pool.createXML(volume_xml(name, capacity), 0)
+    def _create(self, name: str, capacity: int, fmt: str = "raw") -> Any:
+        return self.pool.createXML(volume_xml(name, capacity, self.sparse, fmt), 0)
+
+    def _marker(self, name: str) -> Any:
+        return self._create(name + MARKER_SUFFIX, 0 if self.sparse else 1 << 20)
 
     def upload(self, artifact: Artifact, source: Artifact, desired: Desired, version: str,
-               chunks: Iterator[bytes], reader: Broadcast) -> Version:
+               chunks: Iterator[bytes], reader: Broadcast, current: Version | None = None) -> Version:
         name = volume_name(desired.name, version, source.sha256, artifact.format)
-        marker = self._create(name + MARKER_SUFFIX, 0)
+        marker = self._marker(name)
         vol = None
         try:
             vol = self._create(name, artifact.size)
             stream = self.conn.newStream(0)
-            vol.upload(stream, 0, artifact.size, self.libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+            flags = self.libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM if self.sparse else 0
+            vol.upload(stream, 0, artifact.size, flags)
             try:
                 for chunk in chunks:
-                    if len(chunk) == CHUNK and chunk == ZERO_CHUNK:
+                    if self.sparse and len(chunk) == CHUNK and chunk == ZERO_CHUNK:
                         stream.sendHole(len(chunk), 0)
                         continue
                     while chunk:
@@ -649,6 +766,7 @@ class LibvirtTarget(Target):
                             raise HepinfraError("the upload stream to %s refused data" % name)
                         self.bytes_sent += sent
                         chunk = chunk[sent:]
+                reader.outcome()  # complete and what was hashed, or the volume is thrown away
                 stream.finish()
             except BaseException:
                 try:
@@ -665,18 +783,22 @@ class LibvirtTarget(Target):
                     except self.libvirt.libvirtError:
                         pass
             raise
-        self.pool.refresh(0)
         vol = self.pool.storageVolLookupByName(name)
+        try:
+            self._refresh()  # lets libvirt probe the format it now holds
+        except self.libvirt.libvirtError as exc:
+            self.warnings.append("cloud %s: pool refresh after the upload failed (%s)"
+                                 % (self.cloud.name, exc.get_error_message()))
         return Version(ref=name, name=name, version=version, sha256=source.sha256[:12], format=artifact.format,
-                       size=vol.info()[1], current=True, extra={"path": vol.path()})
+                       size=artifact.virtual_size, current=True, extra={"path": vol.path()})
 
-    def restore(self, older: Version, current: Version | None, desired: Desired, version: str) -> Version:
+    def restore(self, older: Version, current: Version | None, desired: Desired, version: str,
+                others: list[Version] | None = None) -> Version:
         """An older version's content becomes current again: cloned inside the pool (nothing sent)."""
         name = volume_name(desired.name, version, older.sha256, older.format)
         source = self.pool.storageVolLookupByName(older.ref)
-        xml = ("<volume><name>%s</name><capacity unit='bytes'>%d</capacity><target><format type='%s'/></target></volume>"
-               % (name, source.info()[1], older.format))
-        marker = self._create(name + MARKER_SUFFIX, 0)
+        xml = volume_xml(name, source.info()[1], self.sparse, older.format)
+        marker = self._marker(name)
         try:
             vol = self.pool.createXMLFrom(xml, source, 0)
             marker.delete(0)
@@ -701,16 +823,21 @@ class LibvirtTarget(Target):
                     volumes.append(vol.XMLDesc(0))
                 except self.libvirt.libvirtError:
                     continue  # removed meanwhile
-        used = paths_in_use(domains, volumes)
+        paths, pool_volumes = disk_references(domains, volumes)
+        pool_name = self.cloud.libvirt["pool"]
         for version in versions:
-            version.in_use = version.extra.get("path") in used
+            version.in_use = version.extra.get("path") in paths or (pool_name, version.ref) in pool_volumes
 
     def delete(self, version: Version) -> None:
+        """Delete the volume, then its marker (a volume without its marker would count as complete)."""
         for name in (version.ref, version.ref + MARKER_SUFFIX):
             try:
-                self.pool.storageVolLookupByName(name).delete(0)
-            except self.libvirt.libvirtError:
-                continue
+                vol = self.pool.storageVolLookupByName(name)
+            except self.libvirt.libvirtError as exc:
+                if exc.get_error_code() == self.libvirt.VIR_ERR_NO_STORAGE_VOL:
+                    continue
+                raise
+            vol.delete(0)
 
 
 TARGETS: dict[str, Callable[[Any, dict[str, Any]], Target]] = {"openstack": GlanceTarget, "libvirt": LibvirtTarget}

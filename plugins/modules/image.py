@@ -74,7 +74,9 @@ options:
     elements: str
   properties:
     description:
-      - Glance properties of the image (values become strings). Properties not named here are left alone.
+      - Glance properties of the image (values become strings). Properties not named here are left alone, and a
+        new version takes over the properties, visibility, tags and minimums of the version it replaces.
+      - Glance's own fields (name, visibility, protected, ...) and C(hepinfra_*) are refused here.
     type: dict
     default: {}
   visibility:
@@ -108,6 +110,12 @@ options:
         source changes its change time, which the user cannot set back. An empty string hashes every time.
     type: path
     default: ~/.cache/hepinfra-cloud/image-checksums.json
+  stall_timeout:
+    description:
+      - Seconds an upload may take no data before it is dropped and its cloud reported failed (the other
+        uploads go on). One stuck inside a client call is abandoned after twice this.
+    type: int
+    default: 300
   work_dir:
     description:
       - Where conversions are written (the system's temporary directory by default). Needs room for the image
@@ -186,7 +194,10 @@ clouds:
       description: V(none), V(upload), V(restore) (an older version made current without upload) or V(delete).
       type: str
     version:
-      description: The current version after the task.
+      description: The current version after the task (null in check mode when a new one would be made).
+      type: str
+    previous_version:
+      description: The version that was current before, when another one is current now.
       type: str
     id:
       description: The Glance image id or libvirt volume name of the current version.
@@ -259,6 +270,7 @@ class ImageModule(HepinfraModule):
         keep=dict(type="int", default=3),
         work_dir=dict(type="path"),
         checksum_cache=dict(type="path", default="~/.cache/hepinfra-cloud/image-checksums.json"),
+        stall_timeout=dict(type="int", default=300),
     )
     shared_specs = ("clouds",)
     module_kwargs = dict(required_if=[("state", "present", ("src",))])
@@ -270,6 +282,14 @@ class ImageModule(HepinfraModule):
             raise HepinfraError("name must be 1-200 characters without '/'")
         if params["keep"] < 1:
             raise HepinfraError("keep must be 1 or more (the current version always stays)")
+        if params["stall_timeout"] < 1:
+            raise HepinfraError("stall_timeout must be 1 or more seconds")
+        reserved = sorted(key for key in params["properties"] or {}
+                          if key.startswith("hepinfra_") or key in _images.GLANCE_CORE)
+        if reserved:
+            raise HepinfraError("properties may not set %s" % ", ".join(reserved),
+                                hint="hepinfra_* are the module's own; use the visibility, tags, min_disk, min_ram and "
+                                     "protected options for those")
         clouds = _clouds.select(_clouds.normalize(params["clouds"]), params["targets"])
         if not clouds:
             raise HepinfraError("no enabled cloud to work on", hint="Check targets and the clouds' enabled flags")
@@ -284,16 +304,17 @@ class ImageModule(HepinfraModule):
             source = _images.inspect_source(params["src"], params["disk_format"])
             source.sha256, cached = _images.cached_sha256(source.path, params["checksum_cache"] or None,
                                                           write=not self.check_mode)
+            source.signature = _images.signature(source.path)
         runs = _image_task.connect_all(clouds, libraries)
         try:
             if source is not None:
                 _image_task.plan_present(runs, source, desired)
             else:
                 _image_task.plan_absent(runs, desired)
-            before = {run.cloud.name: self._state(run.current, run) for run in runs}
+            before = {run.cloud.name: self._before(run, source) for run in runs}
             if not self.check_mode:
                 if source is not None:
-                    _image_task.apply_present(runs, source, desired, params["work_dir"])
+                    _image_task.apply_present(runs, source, desired, params["work_dir"], params["stall_timeout"])
                 else:
                     _image_task.apply_absent(runs)
         finally:
@@ -316,10 +337,14 @@ class ImageModule(HepinfraModule):
         return result
 
     @staticmethod
-    def _state(version, run) -> dict:
-        if version is None:
+    def _before(run, source) -> dict:
+        if run.error is not None:
+            return {"error": run.error}
+        if source is None:
+            return {"versions": sorted(v.name for v in run.versions)}
+        if run.current is None:
             return {"current": None}
-        state = {"current": version.version, "sha256": version.sha256}
+        state = {"current": run.current.version, "sha256": run.current.sha256}
         for key, (old, _new) in run.metadata.items():
             state[key] = old
         return state
@@ -328,14 +353,19 @@ class ImageModule(HepinfraModule):
     def _after(run, source) -> dict:
         if run.error is not None:
             return {"error": run.error}
+        deleted = {v.ref for v in (run.deleted if run.applied else run.delete)}
         if source is None:
-            return {"current": None} if not run.held else {"kept_in_use": [v.name for v in run.held]}
-        state = {"current": run.new.version if run.new else (run.current.version if run.current else "(new)"),
-                 "sha256": source.sha256[:len(run.current.sha256)] if run.current and run.action == "none" else source.sha256}
+            return {"versions": sorted(v.name for v in run.versions if v.ref not in deleted)}
+        if run.action in ("upload", "restore"):
+            state = {"current": run.new.version if run.new else "(a new version)", "sha256": source.sha256}
+        elif run.current is not None:
+            state = {"current": run.current.version, "sha256": run.current.sha256}
+        else:
+            state = {"current": None}
         for key, (_old, new) in run.metadata.items():
             state[key] = new
-        if run.delete:
-            state["deleted"] = sorted(v.name for v in run.delete)
+        if deleted:
+            state["deleted"] = sorted(v.name for v in run.versions if v.ref in deleted)
         return state
 
 

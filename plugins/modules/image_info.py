@@ -57,14 +57,15 @@ EXAMPLES = r"""
     name: worker-el9
   register: images
 
-- name: Clouds that lack the current version
+- name: Clouds where the image is missing
   ansible.builtin.debug:
     msg: "{{ images.matrix['worker-el9'] | dict2items | selectattr('value', 'none') | map(attribute='key') | list }}"
 """
 
 RETURN = r"""
 images:
-  description: Per image name, per cloud, the versions found (newest first).
+  description:
+    - Per image name, per cloud, the versions found (newest first). With O(name), that name is always a key.
   returned: always
   type: dict
   sample:
@@ -81,7 +82,9 @@ images:
           in_use: null
           protected: false
 matrix:
-  description: Per image name, per cloud, the current version's C(version) and C(sha256), or null where the cloud has none.
+  description:
+    - Per image name, per cloud, the current version's C(version) and C(sha256), or null where the cloud has none
+      (or did not answer). With O(name), that name is always a key.
   returned: always
   type: dict
   sample:
@@ -133,6 +136,8 @@ class ImageInfoModule(HepinfraModule):
             _image_task.parallel([run for run in runs if run.error is None], collect)
         finally:
             _image_task.close_all(runs)
+        if params["name"]:
+            found.setdefault(params["name"], {})
         matrix: dict[str, dict] = {}
         for name, per_cloud in found.items():
             matrix[name] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 
 from cloudtools import glance_download, glance_images, glance_raw, os_cloud, pool_volumes, same_guest_content, sha256_of
 from hepinfra_testbed import guest, openstack
@@ -64,9 +65,12 @@ def test_first_upload_rerun_change_and_retention(cloud_services, pools, image_fi
 
     # new content: check mode says what would happen and does nothing
     second_src = image_file("v2", 0x22)
-    preview = run_module(IMAGE, dict(args, src=str(second_src)), check_mode=True)
+    preview = run_module(IMAGE, dict(args, src=str(second_src)), check_mode=True, diff=True)
     assert preview.result["changed"] is True
     assert {r["action"] for r in preview.result["clouds"].values()} == {"upload"}
+    assert {r["version"] for r in preview.result["clouds"].values()} == {None}
+    assert preview.result["diff"]["before"]["alpha"]["sha256"] == sha256_of(first_src)
+    assert preview.result["diff"]["after"]["alpha"] == {"current": "(a new version)", "sha256": sha256_of(second_src)}
     assert len(glance_images(cloud_services, "alpha", name)) == 1 and len(pool_volumes(paths["hv-a"])) == 1
 
     second = run_module(IMAGE, dict(args, src=str(second_src)))
@@ -81,8 +85,20 @@ def test_first_upload_rerun_change_and_retention(cloud_services, pools, image_fi
     run(["virsh", "-c", guest.URI, "vol-create-as", clouds[2]["libvirt"]["pool"], "worker-disk.qcow2", "1G",
          "--format", "qcow2", "--backing-vol", str(first_volume), "--backing-vol-format", "qcow2"])
 
-    third_src = image_file("v3", 0x33)
-    third = run_module(IMAGE, dict(args, src=str(third_src)))
+    # a defined (shut off) domain on hv-b has the first version as a pool volume disk
+    hv_b_first = first.result["clouds"]["hv-b"]["id"]
+    domain = f"{guest.PREFIX}-img-user-{tmp_path.name[-6:]}"
+    xml = (f"<domain type='qemu'><name>{domain}</name><memory unit='MiB'>64</memory><os><type>hvm</type></os>"
+           f"<devices><disk type='volume' device='disk'><driver name='qemu' type='raw'/>"
+           f"<source pool='{clouds[3]['libvirt']['pool']}' volume='{hv_b_first}'/><target dev='vda'/></disk>"
+           f"</devices></domain>")
+    (tmp_path / "domain.xml").write_text(xml)
+    run(["virsh", "-c", guest.URI, "define", tmp_path / "domain.xml"])
+    try:
+        third_src = image_file("v3", 0x33)
+        third = run_module(IMAGE, dict(args, src=str(third_src)))
+    finally:
+        run(["virsh", "-c", guest.URI, "undefine", domain])
     assert not third.failed, third.msg
     res = third.result["clouds"]
     # keep=2: the oldest version goes where nothing uses it, and stays where a disk is backed by it
@@ -90,8 +106,8 @@ def test_first_upload_rerun_change_and_retention(cloud_services, pools, image_fi
     assert [i.name for i in glance_images(cloud_services, "alpha", name)] == [name, f"{name}-{v2}"]
     assert res["hv-a"]["deleted"] == [] and res["hv-a"]["kept_in_use"] == [first_volume.name]
     assert first_volume.exists()
-    assert res["hv-b"]["deleted"] == [first.result["clouds"]["hv-b"]["id"]]
-    assert len(pool_volumes(paths["hv-b"])) == 2
+    assert res["hv-b"]["deleted"] == [] and res["hv-b"]["kept_in_use"] == [hv_b_first]
+    assert len(pool_volumes(paths["hv-b"])) == 3
 
     # back to the second content: made current again without sending it
     rollback = run_module(IMAGE, dict(args, src=str(second_src)))
@@ -103,6 +119,9 @@ def test_first_upload_rerun_change_and_retention(cloud_services, pools, image_fi
     assert len(current) == 1 and current[0].properties["hepinfra_sha256"] == sha256_of(second_src)
     newest = rollback.result["clouds"]["hv-b"]["id"]
     assert same_guest_content(second_src, paths["hv-b"] / newest)
+    # the restored version carries the task's metadata: the next run has nothing to do
+    settled = run_module(IMAGE, dict(args, src=str(second_src)))
+    assert settled.result["changed"] is False, settled.result["clouds"]
 
     # the matrix: every cloud's current version of the name
     info = run_module(INFO, {"clouds": clouds, "name": name})
@@ -133,6 +152,38 @@ def test_metadata_updated_in_place_with_diff(cloud_services, image_file, run_mod
     assert image.id == image_id  # updated in place, not uploaded again
     assert sorted(image.tags) == ["b", "c"] and image.properties["site"] == "two" and image.min_ram == 2048
     assert run_module(IMAGE, dict(base, tags=["b", "c"], properties={"site": "two"}, min_ram=2048)).result["changed"] is False
+
+    # new content, the task naming no metadata: the new version takes over the current one's
+    newer = run_module(IMAGE, {"clouds": clouds, "name": name, "src": str(image_file("meta2", 0x45)),
+                               "visibility": "private"})
+    assert not newer.failed, newer.msg
+    current = glance_raw(cloud_services, "alpha", newer.result["clouds"]["alpha"]["id"])
+    assert current["name"] == name and current["id"] != image_id
+    assert sorted(current["tags"]) == ["b", "c"] and current["site"] == "two" and current["min_ram"] == 2048
+    assert current["visibility"] == "private"
+    refused = run_module(IMAGE, dict(base, properties={"hepinfra_sha256": "x", "visibility": "public"}))
+    assert refused.failed and "properties may not set hepinfra_sha256, visibility" in refused.msg
+
+
+def test_a_source_other_than_hashed_is_never_stored(cloud_services, pools, image_file, run_module, tmp_path):
+    """A stale checksum (here: a cache entry for other content) is caught by the upload's own read."""
+    hv_a, path_a = pools("hv-a")
+    clouds = [os_cloud(cloud_services, "alpha"), hv_a]
+    name = "stale-" + tmp_path.name[-8:]
+    src = image_file("stale", 0x61)
+    cache = tmp_path / "sums.json"
+    first = run_module(IMAGE, {"clouds": clouds, "name": name, "src": str(src), "checksum_cache": str(cache)})
+    assert not first.failed, first.msg
+    entries = json.loads(cache.read_text())
+    (entry,) = entries.values()
+    entry["sha256"] = "0" * 64  # what a wrong cache (or a file rewritten in place) looks like
+    cache.write_text(json.dumps(entries))
+    outcome = run_module(IMAGE, {"clouds": clouds, "name": name, "src": str(src), "checksum_cache": str(cache)})
+    assert outcome.failed and "failed on 2 of 2 clouds" in outcome.msg
+    assert outcome.msg.count("the file changed (or the checksum cache is stale)") == 2, outcome.msg
+    # nothing of the refused upload is left, and the good version is still current
+    assert [i.name for i in glance_images(cloud_services, "alpha", name)] == [name]
+    assert pool_volumes(path_a) == [first.result["clouds"]["hv-a"]["id"]]
 
 
 def test_one_cloud_down_the_others_succeed(cloud_services, pools, image_file, run_module, tmp_path):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import threading
 
+import pytest
+
 from ansible_collections.hepinfra.cloud.plugins.module_utils import _images
 
 SHA_A = hashlib.sha256(b"a").hexdigest()
@@ -71,18 +73,22 @@ def test_volume_names_round_trip():
     assert _images.parse_volume_name("worker-el9.qcow2") is None
 
 
-def test_paths_in_use_follow_disks_and_backing_chains():
+def test_disk_references_follow_disks_pool_volumes_network_disks_and_backing_chains():
     domain = ("<domain><devices><disk type='file'><source file='/p/a.qcow2'/>"
-              "<backingStore type='file'><source file='/p/base.qcow2'/></backingStore></disk></devices></domain>")
+              "<backingStore type='file'><source file='/p/base.qcow2'/></backingStore></disk>"
+              "<disk type='volume'><source pool='images' volume='w-20261101T000000Z-0123456789ab.qcow2'/></disk>"
+              "<disk type='network'><source protocol='rbd' name='rbd/img-1'/></disk></devices></domain>")
     volume = "<volume><target><path>/p/w.qcow2</path></target><backingStore><path>/p/img.qcow2</path></backingStore></volume>"
-    assert _images.paths_in_use([domain], [volume]) == {"/p/a.qcow2", "/p/base.qcow2", "/p/img.qcow2"}
+    paths, volumes = _images.disk_references([domain], [volume])
+    assert paths == {"/p/a.qcow2", "/p/base.qcow2", "/p/img.qcow2", "rbd/img-1"}
+    assert volumes == {("images", "w-20261101T000000Z-0123456789ab.qcow2")}
 
 
 def test_broadcast_reads_once_for_every_subscriber_and_survives_a_failed_one(tmp_path):
     data = bytes(range(256)) * (3 * _images.CHUNK // 256 + 7)
     path = tmp_path / "src"
     path.write_bytes(data)
-    broadcast = _images.Broadcast(str(path), depth=1)
+    broadcast = _images.Broadcast(str(path), expected_size=len(data), depth=1)
     good, bad = broadcast.subscribe(), broadcast.subscribe()
     received = []
 
@@ -100,8 +106,10 @@ def test_broadcast_reads_once_for_every_subscriber_and_survives_a_failed_one(tmp
     broadcast.start()
     for thread in threads:
         thread.join(timeout=30)
+        assert not thread.is_alive()
     assert received == [data]
     assert broadcast.bytes_read == len(data)
+    assert broadcast.outcome(timeout=5) == hashlib.md5(data).hexdigest()
 
 
 def test_checksum_cache_skips_unchanged_files_and_notices_changes(tmp_path):
@@ -127,11 +135,58 @@ def test_a_broken_checksum_cache_is_ignored(tmp_path):
     assert _images.cached_sha256(str(source), str(cache))[1] is True
 
 
+def consume(sub, into):
+    try:
+        into.append(sum(len(chunk) for chunk in sub))
+    except _images.HepinfraError as exc:
+        into.append(exc)
+
+
 def test_broadcast_md5_is_of_the_whole_file(tmp_path):
     path = tmp_path / "src"
     path.write_bytes(b"abc" * 5000000)
-    broadcast = _images.Broadcast(str(path))
+    broadcast = _images.Broadcast(str(path), expected_size=15000000,
+                                  expected_sha256=hashlib.sha256(b"abc" * 5000000).hexdigest())
     sub = broadcast.subscribe()
     broadcast.start()
     assert sum(len(chunk) for chunk in sub) == 15000000
-    assert broadcast.sent_md5(timeout=30) == hashlib.md5(b"abc" * 5000000).hexdigest()
+    assert broadcast.outcome(timeout=30) == hashlib.md5(b"abc" * 5000000).hexdigest()
+
+
+def test_broadcast_refuses_content_other_than_hashed(tmp_path):
+    path = tmp_path / "src"
+    path.write_bytes(b"new content")
+    broadcast = _images.Broadcast(str(path), expected_size=11, expected_sha256=hashlib.sha256(b"old content").hexdigest())
+    sub = broadcast.subscribe()
+    broadcast.start()
+    assert b"".join(sub) == b"new content"  # the bytes flow, but the upload must not commit them
+    with pytest.raises(_images.HepinfraError, match="the file changed"):
+        broadcast.outcome(timeout=5)
+
+
+def test_broadcast_refuses_a_short_read(tmp_path):
+    path = tmp_path / "src"
+    path.write_bytes(b"x" * 100)
+    broadcast = _images.Broadcast(str(path), expected_size=200)
+    sub = broadcast.subscribe()
+    broadcast.start()
+    list(sub)
+    with pytest.raises(_images.HepinfraError, match="read 100 bytes where 200 were expected"):
+        broadcast.outcome(timeout=5)
+
+
+def test_broadcast_drops_a_stalled_upload_and_feeds_the_others(tmp_path):
+    data = b"y" * (_images.CHUNK * 6)
+    path = tmp_path / "src"
+    path.write_bytes(data)
+    broadcast = _images.Broadcast(str(path), expected_size=len(data), depth=1, stall_timeout=1)
+    good, stuck = broadcast.subscribe(), broadcast.subscribe()
+    results = []
+    thread = threading.Thread(target=consume, args=(good, results))
+    thread.start()
+    broadcast.start()
+    thread.join(timeout=60)
+    assert results == [len(data)]
+    assert stuck.stalled and not stuck.alive
+    with pytest.raises(_images.HepinfraError, match="took no data for 1 s"):
+        list(stuck)
