@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "testbed"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchlib import run_module  # noqa: E402
 from hepinfra_testbed import guest, storage  # noqa: E402
 from hepinfra_testbed.common import LIBVIRT_NS, PREFIX, run  # noqa: E402
 
@@ -46,16 +48,7 @@ def drop_caches() -> bool:
 
 
 def module(work: Path, args: dict) -> tuple[dict, float]:
-    (work / "args.json").write_text(json.dumps({"module_args": args}))
-    play = [{"hosts": "localhost", "gather_facts": False, "vars_files": [str(work / "args.json")], "tasks": [
-        {"name": "backup", "hepinfra.cloud.libvirt_backup": "{{ module_args }}", "register": "out"},
-        {"name": "keep", "ansible.builtin.copy": {"content": "{{ out | to_json }}", "dest": str(work / "out.json")}},
-    ]}]
-    (work / "play.yml").write_text(json.dumps(play))
-    started = time.monotonic()
-    subprocess.run(["ansible-playbook", "-i", "localhost,", "-c", "local", str(work / "play.yml")], check=True,
-                   capture_output=True, env=dict(os.environ, ANSIBLE_PYTHON_INTERPRETER=sys.executable))
-    return json.loads((work / "out.json").read_text()), time.monotonic() - started
+    return run_module(work, "hepinfra.cloud.libvirt_backup", args)
 
 
 def change_one_percent(image: Path, size: int) -> int:

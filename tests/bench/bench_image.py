@@ -14,17 +14,16 @@ Figures only; nothing is asserted. BENCH_IMAGE_MIB sets the image size.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "testbed"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchlib import run_module  # noqa: E402
 from hepinfra_testbed import guest, openstack  # noqa: E402
 from hepinfra_testbed.common import PREFIX, run  # noqa: E402
 
@@ -65,16 +64,7 @@ def measured(work: Path, args: dict) -> tuple[dict, float, str]:
 
 
 def module(work: Path, args: dict) -> tuple[dict, float]:
-    (work / "args.json").write_text(json.dumps({"module_args": args}))
-    play = [{"hosts": "localhost", "gather_facts": False, "vars_files": [str(work / "args.json")], "tasks": [
-        {"name": "image", "hepinfra.cloud.image": "{{ module_args }}", "register": "out"},
-        {"name": "keep", "ansible.builtin.copy": {"content": "{{ out | to_json }}", "dest": str(work / "out.json")}},
-    ]}]
-    (work / "play.yml").write_text(json.dumps(play))
-    started = time.monotonic()
-    subprocess.run(["ansible-playbook", "-i", "localhost,", "-c", "local", str(work / "play.yml")], check=True,
-                   capture_output=True, env=dict(os.environ, ANSIBLE_PYTHON_INTERPRETER=sys.executable))
-    return json.loads((work / "out.json").read_text()), time.monotonic() - started
+    return run_module(work, "hepinfra.cloud.image", args)
 
 
 def main() -> int:
