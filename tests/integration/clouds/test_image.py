@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import subprocess
+import sys
 
 from cloudtools import glance_download, glance_images, glance_raw, os_cloud, pool_volumes, same_guest_content, sha256_of
 from hepinfra_testbed import guest, openstack
@@ -299,3 +302,35 @@ def test_bad_cloud_definitions_name_the_field(run_module, image_file):
     not_image.write_text("not an image")
     wrong = run_module(IMAGE, {"clouds": bad[3:], "name": "x", "src": str(not_image), "disk_format": "qcow2"})
     assert wrong.failed and "is raw, not qcow2" in wrong.msg
+
+
+def test_images_playbook_distributes_and_shows_the_matrix(cloud_services, pools, image_file, tmp_path):
+    """playbooks/images.yml as a site runs it: every image on every cloud, the matrix, a failure at the end."""
+    hv_a, path_a = pools("hv-a")
+    clouds = [os_cloud(cloud_services, "alpha"), hv_a]
+    tag = tmp_path.name[-8:]
+    images = [{"name": f"pb-one-{tag}", "src": str(image_file("pb1", 0x71)), "tags": ["hepinfra-worker"]},
+              {"name": f"pb-two-{tag}", "src": str(image_file("pb2", 0x72)), "targets": ["hv-a"]}]
+    extra = tmp_path / "vars.json"
+    extra.write_text(json.dumps({"hepinfra_clouds": clouds, "images": images}))
+
+    def play(*more: str):
+        return subprocess.run(["ansible-playbook", "-i", "localhost,", "-c", "local", "hepinfra.cloud.images",
+                               "-e", f"@{extra}", *more], capture_output=True, text=True, check=False,
+                              env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_PYTHON_INTERPRETER=sys.executable))
+
+    first = play()
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert [i.name for i in glance_images(cloud_services, "alpha", f"pb-one-{tag}")] == [f"pb-one-{tag}"]
+    assert glance_images(cloud_services, "alpha", f"pb-two-{tag}") == []  # its targets leave alpha out
+    assert len(pool_volumes(path_a)) == 2
+    assert f"pb-one-{tag}: alpha=2" in first.stdout and f"pb-two-{tag}: alpha=missing, hv-a=2" in first.stdout
+    again = play()
+    assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout
+
+    with openstack.glance_stopped("RegionOne"):
+        down = play("-e", json.dumps({"images": images + [{"name": f"pb-three-{tag}", "src": str(image_file("pb3", 0x73))}]}))
+    assert down.returncode != 0
+    assert "Fail when an image failed on a cloud" in down.stdout and "cloud alpha" in down.stdout
+    assert len(pool_volumes(path_a)) == 3  # the other cloud got the new image all the same
+    assert "alpha: " in down.stdout  # the cloud that did not answer is named under the matrix
