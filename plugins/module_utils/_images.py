@@ -534,7 +534,7 @@ class GlanceTarget(Target):
             return {}
         raw = self._raw(current.ref)
         inherited = {key: value for key, value in raw.items()
-                     if key not in GLANCE_CORE and not key.startswith(("hepinfra_", "owner_specified."))}
+                     if key not in GLANCE_CORE and not key.startswith(("hepinfra_", "owner_specified.", "os_glance"))}
         for key in ("visibility", "min_disk", "min_ram"):
             if raw.get(key) is not None:
                 inherited[key] = raw[key]
