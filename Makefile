@@ -192,7 +192,7 @@ demo-clean: ## remove everything make demo started
 	@if [ -x $(BIN)/python ]; then export CONTAINERS_CONF=$$($(TESTBED) conf); $(BIN)/python -m hepinfra_testbed.demo clean; fi
 
 .PHONY: testbed-clean
-testbed-clean: ## remove every container, network and guest the testbed created
+testbed-clean: ## remove every container, network and guest the testbed created, stop its services
 	@export CONTAINERS_CONF=$$($(TESTBED) conf); $(TESTBED) teardown
 
 .PHONY: clean

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import guest, images, podman
+from . import guest, images, netbox, openstack, podman, storage
 from .common import TestbedError, log
 
 
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p_up.add_argument("--network", default="hepinfra-tb-net")
     p_down = sub.add_parser("host-down", help="remove a test host")
     p_down.add_argument("name")
-    sub.add_parser("teardown", help="remove everything the testbed created")
+    sub.add_parser("teardown", help="remove everything the testbed created and stop the services it started")
 
     args = parser.parse_args(argv)
     try:
@@ -38,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "teardown":
             for line in podman.teardown() + guest.teardown():
                 log(f"removed {line}")
+            for service, stop in (("OpenStack (Keystone, Glance)", openstack.down), ("the S3 server", storage.s3_down),
+                                  ("NetBox", netbox.down)):
+                if stop():
+                    log(f"stopped {service}")
     except TestbedError as exc:
         print(f"testbed: {exc}", file=sys.stderr)
         return 1

@@ -293,15 +293,17 @@ def up(snapshot_path: Path | None = None) -> Instance:
     return instance
 
 
-def down() -> None:
-    """Stop everything `up` started (safe to call when nothing runs)."""
+def down() -> bool:
+    """Stop everything `up` started (safe to call when nothing runs); whether anything ran."""
     work = _work()
+    running = any((work / name).exists() for name in ("gunicorn.pid", "redis.pid", "pgdata/postmaster.pid"))
     http_down()
     if (work / "redis.pid").exists():
         run(["redis-cli", "-p", str(REDIS_PORT), "shutdown", "nosave"], check=False)
         (work / "redis.pid").unlink(missing_ok=True)
     if (work / "pgdata" / "postmaster.pid").exists():
         run(_as_postgres([_pg_bin("pg_ctl"), "-D", str(work / "pgdata"), "-m", "fast", "-w", "stop"]), check=False)
+    return running
 
 
 def main(argv: list[str] | None = None) -> int:
