@@ -37,8 +37,6 @@ from ansible_collections.hepinfra.cloud.plugins.module_utils._base import Hepinf
 
 CHUNK = 4 << 20
 ZERO_CHUNK = bytes(CHUNK)
-PROPERTY_PREFIX = "hepinfra_"
-VERSION_PATTERN = re.compile(r"^\d{8}T\d{6}Z$")
 MARKER_SUFFIX = ".uploading"
 
 
