@@ -142,6 +142,44 @@ options:
           network:
             description: The libvirt network workers are attached to.
             type: str
+          flavors:
+            description:
+              - "The worker sizes this hypervisor offers, by name (libvirt has no flavors of its own): each a dict
+                with C(vcpus), C(memory_mb) and optionally C(disk_gb) (the worker disk's size; at least the image's)."
+              - "Example: C({w1.small: {vcpus: 1, memory_mb: 2048}})."
+            type: dict
+          domain_type:
+            description:
+              - The domain type of workers, V(kvm) (hardware acceleration) or V(qemu) (emulation, slow).
+            type: str
+            default: kvm
+            choices: [kvm, qemu]
+          machine:
+            description: The machine type of workers (for example C(q35)); the hypervisor's default C(pc) when unset.
+            type: str
+          boot:
+            description:
+              - Direct kernel boot for images without a boot loader. Paths are on the hypervisor.
+              - When unset, workers boot from their disk.
+            type: dict
+            suboptions:
+              kernel:
+                description: The kernel file.
+                type: str
+                required: true
+              initrd:
+                description: The initial RAM disk file.
+                type: str
+              cmdline:
+                description: The kernel command line; C(root=/dev/vda rw console=ttyS0) when unset.
+                type: str
+          persistent:
+            description:
+              - Define workers as persistent domains (kept in libvirt's configuration when shut off) instead of
+                transient ones (gone from libvirt when they stop; their disks are then removed by the next run
+                of M(hepinfra.cloud.worker)).
+            type: bool
+            default: false
       limits:
         description:
           - What the site may use on this cloud. Unset limits are unlimited.

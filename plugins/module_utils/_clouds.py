@@ -73,6 +73,18 @@ CLOUD_OPTIONS: dict[str, dict[str, Any]] = {
             "uri": {"type": "str", "required": True},
             "pool": {"type": "str", "required": True},
             "network": {"type": "str"},
+            "flavors": {"type": "dict"},
+            "domain_type": {"type": "str", "default": "kvm", "choices": ["kvm", "qemu"]},
+            "machine": {"type": "str"},
+            "boot": {
+                "type": "dict",
+                "options": {
+                    "kernel": {"type": "str", "required": True},
+                    "initrd": {"type": "str"},
+                    "cmdline": {"type": "str"},
+                },
+            },
+            "persistent": {"type": "bool", "default": False},
         },
     },
     "limits": {
@@ -205,6 +217,30 @@ def _check_numbers(label: str, raw: dict[str, Any]) -> list[str]:
     return errors
 
 
+FLAVOR_KEYS = {"vcpus": True, "memory_mb": True, "disk_gb": False}
+
+
+def _check_flavors(label: str, flavors: Any) -> list[str]:
+    """libvirt flavors: name -> {vcpus, memory_mb, disk_gb}, positive integers."""
+    errors = []
+    for name, flavor in (flavors or {}).items():
+        where = "%s: libvirt.flavors.%s" % (label, name)
+        if not isinstance(flavor, dict):
+            errors.append("%s must be a dict with vcpus and memory_mb" % where)
+            continue
+        for key in sorted(set(flavor) - set(FLAVOR_KEYS)):
+            errors.append("%s: unknown key %s (known: %s)" % (where, key, ", ".join(FLAVOR_KEYS)))
+        for key, required in FLAVOR_KEYS.items():
+            value = flavor.get(key)
+            if value is None:
+                if required:
+                    errors.append("%s.%s is required" % (where, key))
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                errors.append("%s.%s must be a positive integer, not %r" % (where, key, value))
+    return errors
+
+
 def normalize(raw_clouds: list[dict[str, Any]]) -> dict[str, Cloud]:
     """Check what the argument spec cannot (sections per type, unique names, auth) and build Clouds.
 
@@ -232,6 +268,8 @@ def normalize(raw_clouds: list[dict[str, Any]]) -> dict[str, Cloud]:
         elif cloud_type == "libvirt":
             if not raw.get("libvirt"):
                 problems.append("%s: type libvirt needs a 'libvirt' section with uri and pool" % label)
+            else:
+                problems += _check_flavors(label, raw["libvirt"].get("flavors"))
             if raw.get("openstack"):
                 problems.append("%s: an openstack section on a libvirt cloud" % label)
         else:

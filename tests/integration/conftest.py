@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from hepinfra_testbed import guest
+from hepinfra_testbed.common import run
 
 
 @dataclass
@@ -65,3 +71,29 @@ def run_module(tmp_path):
         return Result(proc.returncode, result, proc.stdout + proc.stderr)
 
     return run_it
+
+
+@pytest.fixture(scope="session")
+def libvirt_daemon():
+    """The testbed's private libvirtd."""
+    guest.daemon_up()
+
+
+@pytest.fixture
+def libvirt_pools(libvirt_daemon):  # pylint: disable=unused-argument
+    """Factory: a transient directory pool and its libvirt cloud definition; destroyed after the test."""
+    created = []
+
+    def make(short: str, **extra) -> tuple[dict, Path]:
+        name = f"{guest.PREFIX}-img-{short}-{uuid.uuid4().hex[:6]}"
+        # QEMU runs as its own user: it must be able to reach the pool's files (pytest's tmp is 0700).
+        path = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+        path.chmod(0o711)
+        run(["virsh", "-c", guest.URI, "pool-create-as", name, "dir", "--target", path])
+        created.append((name, path))
+        return dict({"name": short, "type": "libvirt", "libvirt": {"uri": guest.URI, "pool": name}}, **extra), path
+
+    yield make
+    for name, path in created:
+        run(["virsh", "-c", guest.URI, "pool-destroy", name], check=False)
+        shutil.rmtree(path, ignore_errors=True)

@@ -8,7 +8,6 @@ nothing. libvirt: the testbed's private libvirtd with transient directory pools.
 from __future__ import annotations
 
 import hashlib
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,12 +15,6 @@ from hepinfra_testbed import guest, openstack
 from hepinfra_testbed.common import run
 
 URI = guest.URI
-
-
-@pytest.fixture(scope="session")
-def libvirt_daemon():
-    """The testbed's private libvirtd."""
-    guest.daemon_up()
 
 
 @pytest.fixture(scope="session")
@@ -35,21 +28,9 @@ def cloud_services(libvirt_daemon):  # pylint: disable=unused-argument
 
 
 @pytest.fixture
-def pools(tmp_path, cloud_services):
-    """Factory: a transient directory pool and its libvirt cloud definition."""
-    created = []
-
-    def make(short: str, **extra) -> tuple[dict, Path]:
-        name = f"{guest.PREFIX}-img-{short}-{uuid.uuid4().hex[:6]}"
-        path = tmp_path / f"pool-{short}"
-        path.mkdir()
-        run(["virsh", "-c", URI, "pool-create-as", name, "dir", "--target", path])
-        created.append(name)
-        return dict({"name": short, "type": "libvirt", "libvirt": {"uri": URI, "pool": name}}, **extra), path
-
-    yield make
-    for name in created:
-        run(["virsh", "-c", URI, "pool-destroy", name], check=False)
+def pools(libvirt_pools, cloud_services):  # pylint: disable=unused-argument
+    """Factory: a transient directory pool and its libvirt cloud definition (with OpenStack up)."""
+    return libvirt_pools
 
 
 @pytest.fixture

@@ -153,10 +153,11 @@ def _libvirt_answers() -> bool:
 def daemon_up() -> None:
     """Use a running libvirtd, or start one (recorded so daemon_down stops only what we started)."""
     require_tools("libvirtd", "virtlogd", "virsh")
+    # Also for a running libvirtd: /dev/kvm may have lost its group since (see below).
+    _kvm_device_like_udev()
     if _libvirt_answers():
         return
     log("starting virtlogd and libvirtd")
-    _kvm_device_like_udev()
     started: dict[str, object] = {}
     for daemon in ("virtlogd", "libvirtd"):
         pidfile = Path(f"/run/{daemon}.pid")
