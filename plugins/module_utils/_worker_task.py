@@ -253,8 +253,8 @@ def apply(run: CloudRun, settings: LaunchSettings, drain_wait: float) -> None:
             run.errors.append(str(exc))
         else:
             parallel(list(range(plan.launch)), lambda _i: launch_one(run, settings, resolved), settings.parallel)
-    # Idle workers leave the pool within seconds of a peaceful off: wait a little and delete
-    # them in this run; busy ones are deleted by a later run once their jobs are done.
+    # Idle workers are drained within seconds: wait a little and delete them in this run;
+    # busy ones are deleted by a later run once their jobs are done.
     idle = [step for step in drained if not step.worker.claimed]
     if idle and drain_wait > 0 and settings.condor is not None:
         pending = {step.worker.uuid: step for step in idle}
@@ -267,9 +267,9 @@ def apply(run: CloudRun, settings: LaunchSettings, drain_wait: float) -> None:
             probe = [W.Worker(**{**step.worker.__dict__, "slots": []}) for step in pending.values()]
             W.attach_slots(probe, slots)
             for worker in probe:
-                if not worker.slots:
+                if not worker.slots or worker.drained:
                     step = pending.pop(worker.uuid)
-                    delete_one(run, W.Step(step.worker, "delete", "drained: its slots are gone"), settings)
+                    delete_one(run, W.Step(step.worker, "delete", "drained: no job left on it"), settings)
             return not pending
         C.wait(gone, drain_wait, 2.0)
 

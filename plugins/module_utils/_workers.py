@@ -121,6 +121,12 @@ class Worker:
     def draining(self) -> bool:
         return self.draining_since > 0
 
+    @property
+    def drained(self) -> bool:
+        """Registered, nothing claimed, every slot drained: nothing left to lose."""
+        return bool(self.slots) and not self.claimed and all(
+            str(ad.get("State", "")) == "Drained" and str(ad.get("Activity", "")) == "Idle" for ad in self.slots)
+
     def report(self, now: float) -> dict[str, Any]:
         return {
             "name": self.name, "uuid": self.uuid, "cloud": self.cloud, "group": self.group, "config": self.config,
@@ -206,7 +212,7 @@ def attach_slots(workers: Iterable[Worker], slots: Iterable[dict[str, Any]]) -> 
         worker.idle_since = max(idle_since) if idle_since and not worker.claimed else 0.0
         if worker.cloud_state == FAILED:
             worker.pool_state = ERROR
-        elif worker.draining:
+        elif worker.draining or any(str(ad.get("State", "")) == "Drained" for ad in worker.slots):
             worker.pool_state = DRAINING
         elif not worker.slots:
             worker.pool_state = UNREGISTERED
@@ -262,12 +268,13 @@ def plan_scale(workers: list[Worker], count: int, now: float, registration_timeo
             continue
         if worker.cloud_state == FAILED:
             plan.steps.append(Step(worker, "delete", "the instance is in error (%s)" % (worker.fault or worker.cloud_status)))
-        elif worker.draining:
-            if worker.slots:
+        elif worker.draining or worker.drained:
+            if worker.slots and not worker.drained:
                 plan.steps.append(Step(worker, "keep", "draining: %d slot%s left, %d claimed"
                                        % (len(worker.slots), "" if len(worker.slots) == 1 else "s", worker.claimed)))
             else:
-                plan.steps.append(Step(worker, "delete", "drained: its slots are gone"))
+                plan.steps.append(Step(worker, "delete", "drained: no job left on it" if worker.slots
+                                       else "drained: its slots are gone"))
         elif not worker.slots and age > registration_timeout:
             plan.steps.append(Step(worker, "delete", "never registered in the pool within %d s" % registration_timeout))
         elif worker.cloud_state == STOPPED and not worker.slots:
@@ -348,8 +355,8 @@ class Condor:
     def slots(self, constraint: str | None = None) -> list[dict[str, Any]]:
         """Startd slot ads from the collector (only the attributes the decision needs)."""
         attributes = ["Name", "Machine", "State", "Activity", "EnteredCurrentState", "PartitionableSlot",
-                      "NumDynamicSlots", "SlotType", *STARTD_ATTRIBUTES]
-        argv = ["condor_status", "-startd", "-json", "-attributes", ",".join(attributes)]
+                      "DynamicSlot", "NumDynamicSlots", "SlotType", *STARTD_ATTRIBUTES]
+        argv = ["condor_status", "-json", "-attributes", ",".join(attributes)]
         if constraint:
             argv += ["-constraint", constraint]
         text = self.run(argv).strip()
@@ -362,10 +369,15 @@ class Condor:
         return ads if isinstance(ads, list) else []
 
     def drain(self, worker: Worker) -> None:
-        """Stop the startd peacefully: no new jobs; it exits when the running ones are done."""
-        machines = sorted({str(ad.get("Machine")) for ad in worker.slots if ad.get("Machine")})
-        for machine in machines or [worker.name]:
-            self.run(["condor_off", "-peaceful", "-startd", "-name", machine])
+        """Drain the worker's startd gracefully: no new jobs, running ones finish (condor_drain -graceful).
+
+        The startd is named by one of its slots (``slot1@host``): the collector brokers the
+        session, which works where the worker cannot verify the caller's token itself.
+        """
+        names = sorted(str(ad["Name"]) for ad in worker.slots if ad.get("Name") and not ad.get("DynamicSlot"))
+        if not names:
+            return                                 # not registered: nothing to drain
+        self.run(["condor_drain", "-graceful", "-reason", "retired by hepinfra.cloud.worker", names[0]])
 
 
 def token_claims(token: str) -> dict[str, Any]:

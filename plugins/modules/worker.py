@@ -19,9 +19,10 @@ description:
   - "Retiring never deletes a busy worker. Instances in error, stopped instances and workers that did not register
     in the pool within O(registration_timeout) are deleted first, whatever the count. Of the healthy workers the
     surplus is taken idle first (a startd with no claimed slot, idle longest first), then workers still starting,
-    then busy ones. Registered workers are drained (C(condor_off -peaceful -startd): no new jobs, running ones
-    finish) and deleted once their slots have left the collector: idle ones within O(drain_wait) in the same run,
-    busy ones by a later run. Workers past O(max_lifetime) are drained the same way."
+    then busy ones. Registered workers are drained (C(condor_drain -graceful), addressed by slot name so the
+    collector brokers the session: no new jobs, running ones finish) and deleted once no job is left on them (all
+    slots drained and unclaimed, or gone from the collector): idle ones within O(drain_wait) in the same run, busy
+    ones by a later run. Workers past O(max_lifetime) are drained the same way."
   - Each new worker gets its own HTCondor token, minted with C(condor_token_create) for the identity
     C(<identity_prefix><uuid>@<trust_domain>) with only the authorizations an execute node needs and a lifetime of at
     most O(max_lifetime). It travels only inside the worker's user-data, in C(/etc/condor/tokens.d/hepinfra-worker)

@@ -19,18 +19,29 @@ FLAVORS = {"w1.tiny": {"vcpus": 1, "memory_mb": 64}, "w1.small": {"vcpus": 1, "m
 
 
 @pytest.fixture
-def libvirt_cloud(libvirt_pools, run_module, tmp_path):
-    """(cloud definition, pool path): a libvirt cloud with flavors and the image ``wimg`` uploaded."""
-    cloud, path = libvirt_pools("lv", priority=10)
-    cloud["libvirt"].update(flavors=FLAVORS, domain_type="qemu")
+def libvirt_cloud_factory(libvirt_pools, run_module):
+    """Factory (image file, **libvirt settings) -> (cloud definition, pool path): a libvirt cloud named ``lv``
+    whose pool holds the image as ``wimg``. Worker domains of the test groups are removed before and after."""
+
+    def make(image, **settings):
+        cloud, path = libvirt_pools("lv", priority=10)
+        cloud["libvirt"].update(domain_type="qemu", **settings)
+        uploaded = run_module("hepinfra.cloud.image", {"clouds": [cloud], "name": "wimg", "src": str(image),
+                                                        "checksum_cache": ""})
+        assert uploaded.rc == 0 and not uploaded.failed, uploaded.output
+        return cloud, path
+
+    remove_workers()
+    yield make
+    remove_workers()
+
+
+@pytest.fixture
+def libvirt_cloud(libvirt_cloud_factory, tmp_path):
+    """(cloud definition, pool path): a libvirt cloud with small flavors and a blank image (domains sit in firmware)."""
     image = tmp_path / "wimg.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", image, "64M"])
-    uploaded = run_module("hepinfra.cloud.image", {"clouds": [cloud], "name": "wimg", "src": str(image),
-                                                    "checksum_cache": ""})
-    assert uploaded.rc == 0, uploaded.output
-    remove_workers()
-    yield cloud, path
-    remove_workers()
+    return libvirt_cloud_factory(image, flavors=FLAVORS)
 
 
 def remove_workers():

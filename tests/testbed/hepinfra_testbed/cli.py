@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import guest, images, netbox, openstack, podman, storage
+from . import guest, images, netbox, openstack, podman, pool, storage
 from .common import TestbedError, log
 
 
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "host-down":
             podman.host_down(args.name)
         elif args.command == "teardown":
+            if pool.pool_down():                 # before the hosts and libvirt: its container and network
+                log("removed the HTCondor pool")
             for line in podman.teardown() + guest.teardown():
                 log(f"removed {line}")
             for service, stop in (("OpenStack (Keystone, Glance)", openstack.down), ("the S3 server", storage.s3_down),

@@ -1,0 +1,154 @@
+"""A real worker: the worker module boots one from the Debian 13 + HTCondor image on a libvirt cloud, it
+joins the real pool that the htcondor role deployed, runs a job, and is retired only once the job is done.
+
+One guest under TCG: several minutes. The pool is hepinfra_testbed.pool (central manager and
+submit host in a test host, reached by guests on the pool's own libvirt network).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import io
+import json
+import shutil
+import tempfile
+import time
+from email import message_from_bytes
+from pathlib import Path
+
+import libvirt
+import pycdlib
+import pytest
+from hepinfra_testbed import guest, podman, pool
+from hepinfra_testbed.common import wait_for
+
+GROUP = "g2"
+
+
+@pytest.fixture(scope="module")
+def htcondor_pool():
+    info = pool.pool_up()
+    yield info
+    pool.pool_down()
+
+
+@pytest.fixture
+def boot_files():
+    """The worker image's kernel and initrd where QEMU (its own user) can read them."""
+    files = guest.guest_image(extra_packages=pool.WORKER_PACKAGES)
+    where = Path(tempfile.mkdtemp(prefix=f"{guest.PREFIX}-boot-"))
+    where.chmod(0o711)
+    for key in ("kernel", "initrd"):
+        shutil.copy(files[key], where / files[key].name)
+        (where / files[key].name).chmod(0o644)
+    yield files["disk"], where / files["kernel"].name, where / files["initrd"].name
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def seed_token(pool_path: Path, name: str) -> str:
+    """The token inside a worker's NoCloud seed (the only place it travels)."""
+    iso = pycdlib.PyCdlib()
+    iso.open(str(pool_path / f"{name}-seed.iso"))
+    out = io.BytesIO()
+    iso.get_file_from_iso_fp(out, rr_path="/user-data")
+    iso.close()
+    data = out.getvalue()
+    message = message_from_bytes(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data)
+    for part in message.walk():
+        text = part.get_payload(decode=True).decode() if not part.is_multipart() else ""
+        if "/etc/condor/tokens.d/hepinfra-worker" in text:
+            config = json.loads(text.split("\n", 1)[1])
+            for entry in config["write_files"]:
+                if entry["path"] == "/etc/condor/tokens.d/hepinfra-worker":
+                    return base64.b64decode(entry["content"]).decode().strip()
+    raise AssertionError("no token in the seed")
+
+
+def test_real_worker_joins_runs_a_job_and_is_retired_after_it(htcondor_pool, boot_files, libvirt_cloud_factory,
+                                                              run_module, tmp_path):
+    # pylint: disable=too-many-locals,too-many-statements
+    disk, kernel, initrd = boot_files
+    cloud, path = libvirt_cloud_factory(disk, flavors={"w1.guest": {"vcpus": 1, "memory_mb": 1024}},
+                                        network=htcondor_pool.network,
+                                        boot={"kernel": str(kernel), "initrd": str(initrd),
+                                              "cmdline": "root=/dev/vda rw console=ttyS0 quiet"})
+    env = {"CONTAINERS_CONF": str(podman.containers_conf())}
+    audit = tmp_path / "audit.jsonl"
+    worker_args = {
+        "clouds": [cloud], "group": GROUP, "config": "guest",
+        "placements": [{"cloud": "lv", "count": 1, "flavor": "w1.guest", "image": "wimg"}],
+        "user_data": [
+            {"type": "file", "path": "/etc/condor/config.d/50-hepinfra.conf", "content": "{% raw %}{{ condor_config }}{% endraw %}"},
+            {"type": "shell", "content": "#!/bin/sh\nsystemctl restart condor\n", "template": False},
+        ],
+        "user_data_context": {"condor_config": htcondor_pool.execute_config},
+        "condor": {"trust_domain": htcondor_pool.trust_domain, "central_manager": htcondor_pool.central_manager,
+                   "command_prefix": ["podman", "exec", htcondor_pool.container], "token_lifetime": 7200},
+        "max_lifetime": 86400, "audit_log": str(audit), "drain_wait": 60,
+    }
+    outputs = []
+
+    def worker(count, **extra):
+        outcome = run_module("hepinfra.cloud.worker", {**worker_args, **extra,
+                                                       "placements": [{**worker_args["placements"][0], "count": count}]},
+                             env=env, verbosity=3)
+        outputs.append(outcome.output + json.dumps(outcome.result))
+        if outcome.rc != 0 or outcome.failed:
+            pytest.fail("%s\n%s" % (outcome.msg, outcome.output[-3000:]), pytrace=False)
+        return outcome.result
+
+    started = time.monotonic()
+    up = worker(1, wait="registered", wait_timeout=900)
+    name = up["clouds"]["lv"]["launched"][0]
+    worker_uuid = name.split("--")[2]
+    print(f"worker registered {time.monotonic() - started:.0f} s after the launch")
+
+    slots = htcondor_pool.status("-constraint", f'HepinfraWorkerUuid == "{worker_uuid}"')
+    assert slots, "the worker's startd is not in the collector"
+    ad = slots[0]
+    assert (ad["HepinfraGroup"], ad["HepinfraCloud"], ad["HepinfraFlavor"], ad["HepinfraConfig"]) == \
+        (GROUP, "lv", "w1.guest", "guest")
+    assert ad["Machine"].split(".")[0] == name
+    assert ad["AuthenticatedIdentity"] == f"worker-{worker_uuid}@{htcondor_pool.trust_domain}"
+
+    info = run_module("hepinfra.cloud.worker_info", {"clouds": [cloud], "group": GROUP,
+                                                     "condor": {"command_prefix": worker_args["condor"]["command_prefix"]}},
+                      env=env)
+    assert [(w["name"], w["pool_state"]) for w in info.result["workers"]] == [(name, "idle")]
+
+    # A job that runs a while keeps the worker busy: lowering the count drains it but does not delete it.
+    cluster = htcondor_pool.submit(
+        f'executable = /bin/sleep\narguments = 75\nrequirements = HepinfraGroup == "{GROUP}"\n'
+        "request_cpus = 1\nrequest_memory = 64\nqueue\n")
+    wait_for(lambda: any(s.get("State") == "Claimed" for s in htcondor_pool.status(
+        "-constraint", f'HepinfraWorkerUuid == "{worker_uuid}"')), timeout=300, interval=3, what="the job to start")
+    down = worker(0, drain_wait=5)
+    assert down["clouds"]["lv"]["drained"] == [name] and down["clouds"]["lv"]["deleted"] == []
+    conn = libvirt.open(guest.URI)
+    assert conn.lookupByName(name).isActive()
+    again = worker(0, drain_wait=0)
+    assert again["clouds"]["lv"]["deleted"] == [] and conn.lookupByName(name).isActive()
+
+    # Once the job is done the next run deletes the worker, its disks and its seed.
+    wait_for(lambda: not htcondor_pool.run(["condor_q", "-af", "ClusterId", str(cluster)],
+                                           user=htcondor_pool.submit_user).stdout.strip(),
+             timeout=300, interval=5, what="the job to finish")
+    history = htcondor_pool.run(["condor_history", "-af", "ExitCode", "LastRemoteHost", str(cluster)],
+                                user=htcondor_pool.submit_user).stdout.split()
+    assert history[0] == "0" and name in history[1]
+    token = seed_token(path, name)
+    last = worker(0)
+    assert last["clouds"]["lv"]["deleted"] == [name]
+    assert name not in [d.name() for d in conn.listAllDomains(0)]
+    conn.close()
+    assert not [v for v in path.iterdir() if v.name.startswith(name)]
+
+    # The token reached the worker only through its user-data: never a result, an output line or the audit log.
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [r["event"] for r in records] == ["launch", "drain", "delete"]
+    assert records[0]["token_identity"] == f"worker-{worker_uuid}@{htcondor_pool.trust_domain}"
+    assert records[0]["token_expires"]
+    assert len(token) > 100
+    for text in outputs + [audit.read_text()]:
+        assert token not in text and token.split(".")[2] not in text
