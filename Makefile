@@ -143,7 +143,7 @@ netbox-down: ## stop the NetBox that netbox-up or the tests started
 # -- benchmarks (figures printed, never asserted) --------------------------------------------
 
 .PHONY: bench
-bench: bench-inventory bench-backup bench-image ## every benchmark
+bench: bench-inventory bench-backup bench-image bench-workers ## every benchmark
 
 .PHONY: bench-inventory
 bench-inventory: bootstrap ## 10,000 NetBox hosts: hepinfra.cloud.cmdb vs nb_inventory, cold and cached
@@ -156,6 +156,10 @@ bench-backup: bootstrap ## live backup of a domain with GiBs of real data into r
 .PHONY: bench-image
 bench-image: bootstrap ## a 1 GiB image onto 1 and onto 3 clouds (2 Glance + libvirt) in one run, then a re-run
 	$(BIN)/python tests/bench/bench_image.py
+
+.PHONY: bench-workers
+bench-workers: bootstrap ## 100 workers on OpenStack (Nova fake driver): hepinfra.cloud.worker vs a loop of openstack.cloud.server; 100 libvirt domains
+	$(BIN)/python tests/bench/bench_workers.py
 
 .PHONY: molecule
 molecule: bootstrap ## molecule test for one role: make molecule ROLE=x [SCENARIO=y] [MOLECULE_COMMAND=converge]

@@ -49,7 +49,8 @@ class CloudRun:
     errors: list[str] = field(default_factory=list)         # per-worker failures (partial success)
     events: list[dict[str, Any]] = field(default_factory=list)
     launched: list[W.Worker] = field(default_factory=list)
-    leftovers: list[str] = field(default_factory=list)
+    leftovers: list[str] = field(default_factory=list)    # disks of workers whose instance is gone
+    removed: list[str] = field(default_factory=list)      # ... of those, removed
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -136,6 +137,9 @@ def worker_parts(settings: LaunchSettings, worker_uuid: str, name: str, cloud: s
                   "HepinfraConfig": settings.config, "HepinfraFlavor": flavor}
     config = "".join('%s = "%s"\n' % (key, value) for key, value in attributes.items())
     config += "STARTD_ATTRS = $(STARTD_ATTRS) %s\n" % " ".join(attributes)
+    # A graceful drain (retiring a busy worker) lets running jobs finish within their retirement
+    # time; HTCondor's default of 0 would evict them at once.
+    config += "MAXJOBRETIREMENTTIME = %d\n" % settings.max_lifetime
     parts = list(settings.parts)
     parts.append({"type": "file", "path": ATTRIBUTES_FILE, "content": "# hepinfra.cloud worker %s\n%s" % (name, config),
                   "template": False})
@@ -233,7 +237,16 @@ def drain_one(run: CloudRun, step: W.Step, settings: LaunchSettings) -> bool:
 
 
 def apply(run: CloudRun, settings: LaunchSettings, drain_wait: float) -> None:
-    """Delete, drain, then launch on one cloud. Runs in the cloud's own thread."""
+    """Delete, drain, then launch on one cloud. Runs in the cloud's own thread; never raises."""
+    try:
+        _apply(run, settings, drain_wait)
+    except HepinfraError as exc:
+        run.error = str(exc)
+    except Exception as exc:  # pylint: disable=broad-exception-caught
+        run.error = "cloud %s: %s: %s" % (run.name, type(exc).__name__, exc)
+
+
+def _apply(run: CloudRun, settings: LaunchSettings, drain_wait: float) -> None:
     plan = run.plan
     assert plan is not None and run.provider is not None
     deletes = plan.of("delete")
@@ -243,6 +256,8 @@ def apply(run: CloudRun, settings: LaunchSettings, drain_wait: float) -> None:
             run.provider.remove_leftover(name)
         except HepinfraError as exc:
             run.errors.append("%s: %s" % (name, exc))
+        else:
+            run.removed.append(name)
     drains = plan.of("drain")
     drained = [step for step in drains if drain_one(run, step, settings)]
     if plan.launch:
@@ -333,17 +348,22 @@ def cloud_report(run: CloudRun, applied: bool) -> dict[str, Any]:
         drained = [s.worker.name for s in plan.of("drain")] if plan else []
         deleted = [s.worker.name for s in plan.of("delete")] if plan else []
         to_launch = plan.launch if plan else 0
+    leftovers = run.removed if applied else run.leftovers
+    if applied:
+        changed = bool(launched or drained or deleted or leftovers)
+    else:
+        changed = run.error is None and bool(to_launch or drained or deleted or leftovers)
     states: dict[str, int] = {}
     for worker in run.workers:
         states[worker.pool_state] = states.get(worker.pool_state, 0) + 1
     failed = run.error is not None or bool(run.errors)
     return {
         "cloud": run.name, "type": run.placement.cloud.type, "count": run.placement.count,
-        "changed": bool(to_launch or drained or deleted or run.leftovers) and run.error is None,
+        "changed": changed,
         "failed": failed, "error": run.error or ("; ".join(run.errors) if run.errors else None),
         "errors": list(run.errors), "before": {"total": len(run.workers), **states},
         "launch": to_launch, "launched": sorted(launched), "drained": sorted(drained), "deleted": sorted(deleted),
-        "leftovers": list(run.leftovers), "foreign": sorted(provider.foreign) if provider else [],
+        "leftovers": list(leftovers), "foreign": sorted(provider.foreign) if provider else [],
         "warnings": list(provider.warnings) if provider else [],
     }
 

@@ -10,8 +10,8 @@ module: worker
 short_description: Keep a number of ephemeral HTCondor worker VMs on OpenStack and libvirt clouds
 version_added: 0.1.0
 description:
-  - Declarative: for one O(group) and worker configuration O(config), ensures each cloud of O(placements) runs
-    O(placements[].count) workers, launching new ones and retiring surplus ones safely.
+  - "Declarative: for one O(group) and worker configuration O(config), ensures each cloud of O(placements) runs
+    O(placements[].count) workers, launching new ones and retiring surplus ones safely."
   - "Workers are named C(<group>--<cloud>--<uuid>) in lower case (also their host name), and carry their ownership
     in the instance: OpenStack server metadata, or a C(<metadata>) element of the namespace
     C(https://hepinfra.cloud/xmlns/worker/1) in the libvirt domain. The module never touches an instance without

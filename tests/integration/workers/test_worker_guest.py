@@ -88,6 +88,8 @@ def test_real_worker_joins_runs_a_job_and_is_retired_after_it(htcondor_pool, boo
         "max_lifetime": 86400, "audit_log": str(audit), "drain_wait": 60,
     }
     outputs = []
+    # A reused pool may hold jobs of earlier runs: start from an empty queue.
+    htcondor_pool.run(["condor_rm", "-all"], user=htcondor_pool.submit_user, check=False)
 
     def worker(count, **extra):
         outcome = run_module("hepinfra.cloud.worker", {**worker_args, **extra,
@@ -138,6 +140,10 @@ def test_real_worker_joins_runs_a_job_and_is_retired_after_it(htcondor_pool, boo
                                 user=htcondor_pool.submit_user).stdout.split()
     assert history[0] == "0" and name in history[1]
     token = seed_token(path, name)
+    # The collector learns of the freed slot with the startd's next update (a few seconds).
+    wait_for(lambda: not [s for s in htcondor_pool.status("-constraint", f'HepinfraWorkerUuid == "{worker_uuid}"')
+                          if s.get("State") != "Drained" or s.get("Activity") != "Idle"],
+             timeout=120, interval=3, what="the worker's slots to show it drained")
     last = worker(0)
     assert last["clouds"]["lv"]["deleted"] == [name]
     assert name not in [d.name() for d in conn.listAllDomains(0)]

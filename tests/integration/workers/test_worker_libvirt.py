@@ -16,8 +16,9 @@ from email import message_from_bytes
 
 import libvirt
 import pycdlib
+import pynetbox
 import pytest
-from hepinfra_testbed import guest
+from hepinfra_testbed import guest, netbox
 from hepinfra_testbed.common import run
 
 NS = "https://hepinfra.cloud/xmlns/worker/1"
@@ -125,6 +126,7 @@ def test_count_up_down_with_ownership(libvirt_cloud, run_module, foreign, tmp_pa
              for config in configs for entry in config.get("write_files", [])}
     attributes = files["/etc/condor/config.d/55-hepinfra-worker.conf"]
     assert f'HepinfraWorkerUuid = "{first[len("g1--lv--"):]}"' in attributes and 'HepinfraGroup = "g1"' in attributes
+    assert "MAXJOBRETIREMENTTIME = 604800" in attributes              # drained jobs may finish
     assert "/etc/condor/tokens.d/hepinfra-worker" not in files       # condor.tokens=false
 
     again = run_module("hepinfra.cloud.worker", args(cloud, 5, audit_log=str(audit), user_data=parts))
@@ -211,3 +213,26 @@ def test_bad_input_is_named(libvirt_cloud, run_module, tmp_path):
     no_domain = run_module("hepinfra.cloud.worker", {**args(cloud, 1), "condor": {"tokens": True}})
     assert no_domain.failed and "trust_domain" in no_domain.msg
     assert not domains()
+
+
+def test_workers_are_registered_in_netbox_and_removed(libvirt_cloud, run_module, tmp_path):
+    cloud, _path = libvirt_cloud
+    instance = netbox.up()
+    try:
+        api = pynetbox.api(instance.url, token=instance.token)
+        kind = api.virtualization.cluster_types.create(name="libvirt", slug="libvirt")
+        cluster = api.virtualization.clusters.create(name="hv-lv", type=kind.id)
+        registry = {"url": instance.url, "token": instance.token, "cluster": "hv-lv"}
+        up = run_module("hepinfra.cloud.worker", args(cloud, 2, audit_log=str(tmp_path / "a"), netbox=registry))
+        ok(up)
+        machines = {vm.name: vm for vm in api.virtualization.virtual_machines.filter(cluster_id=cluster.id)}
+        assert sorted(machines) == sorted(up.result["clouds"]["lv"]["launched"])
+        assert {(int(vm.vcpus), vm.memory, str(vm.status.value)) for vm in machines.values()} == {(1, 64, "active")}
+        assert instance.token not in up.output
+        down = run_module("hepinfra.cloud.worker", args(cloud, 0, audit_log=str(tmp_path / "a"), netbox=registry))
+        ok(down)
+        assert list(api.virtualization.virtual_machines.filter(cluster_id=cluster.id)) == []
+        wrong = run_module("hepinfra.cloud.worker", args(cloud, 1, netbox={**registry, "cluster": "nowhere"}))
+        assert wrong.failed and "NetBox has no cluster nowhere" in wrong.msg and not domains()
+    finally:
+        netbox.down()

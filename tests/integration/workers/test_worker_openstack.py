@@ -1,0 +1,146 @@
+"""hepinfra.cloud.worker on a real OpenStack: Keystone, Glance, Placement, Nova (fake driver) and Neutron.
+
+No guest boots under Nova's fake driver, so the pool's view is off here (the real pool is in
+test_worker_guest.py); the API side is real: servers, metadata, quotas, errors, credentials.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import openstack
+import pytest
+from hepinfra_testbed import openstack as testbed
+from hepinfra_testbed.common import run
+
+GROUP = "g1"
+
+
+@pytest.fixture(scope="module")
+def compute():
+    info = testbed.up(compute=True)
+    yield info
+    testbed.down()
+
+
+@pytest.fixture(scope="module")
+def alpha(compute):  # pylint: disable=redefined-outer-name
+    conn = openstack.connect(auth_type="password", auth=compute.auth("alpha"), region_name=compute.compute["region"],
+                             load_yaml_config=False, load_envvars=False)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def os_cloud(compute, alpha, run_module, tmp_path):  # pylint: disable=redefined-outer-name
+    """A cloud ``os`` (user alpha) with the image ``wimg`` in its Glance; servers of the test group and the
+    quota are cleaned up after the test."""
+    cloud = {"name": "os", "type": "openstack", "priority": 5,
+             "openstack": {"auth": compute.auth("alpha"), "region_name": compute.compute["region"]},
+             "defaults": {"flavor": "w1.small", "image": "wimg", "network": compute.compute["network"]}}
+    image = tmp_path / "wimg.qcow2"
+    run(["qemu-img", "create", "-q", "-f", "qcow2", image, "64M"])
+    uploaded = run_module("hepinfra.cloud.image", {"clouds": [cloud], "name": "wimg", "src": str(image),
+                                                    "checksum_cache": ""})
+    assert uploaded.rc == 0 and not uploaded.failed, uploaded.output
+    yield cloud
+    testbed.reset_quota("alpha")
+    left = list(alpha.compute.servers(name=f"^{GROUP}--"))
+    for server in left:
+        alpha.compute.delete_server(server, ignore_missing=True)
+    wait_gone(alpha, [server.name for server in left])
+
+
+def args(cloud, count, tmp_path, **extra):
+    base = {"clouds": [cloud], "group": GROUP, "config": "c1", "placements": [{"cloud": "os", "count": count}],
+            "condor": {"tokens": False, "collector": False}, "audit_log": str(tmp_path / "audit.jsonl"),
+            "wait": "active", "wait_timeout": 120}
+    base.update(extra)
+    return base
+
+
+def ok(outcome):
+    if outcome.rc != 0 or outcome.failed:
+        pytest.fail("%s\n%s" % (outcome.msg, outcome.output[-3000:]), pytrace=False)
+    return outcome.result
+
+
+def ours(alpha):  # pylint: disable=redefined-outer-name
+    return {s.name: s for s in alpha.compute.servers(details=True, name=f"^{GROUP}--")}
+
+
+def test_count_up_and_down_leaves_a_look_alike_alone(os_cloud, alpha, run_module, tmp_path):
+    # pylint: disable=redefined-outer-name
+    lookalike = alpha.compute.create_server(
+        name=f"{GROUP}--os--{uuid.uuid4()}", flavor_id=alpha.compute.find_flavor("w1.small").id,
+        image_id=alpha.image.find_image("wimg").id, networks=[{"uuid": alpha.network.find_network("private").id}])
+    up = ok(run_module("hepinfra.cloud.worker", args(os_cloud, 4, tmp_path)))
+    report = up["clouds"]["os"]
+    assert len(report["launched"]) == 4 and report["foreign"] == [lookalike.name]
+    servers = ours(alpha)
+    for name in report["launched"]:
+        server = servers[name]
+        assert server.status == "ACTIVE"
+        assert server.metadata["hepinfra_owner"] == "hepinfra.cloud" and server.metadata["hepinfra_group"] == GROUP
+        assert server.metadata["hepinfra_uuid"] == name.split("--")[2]
+        assert server.flavor["original_name"] == "w1.small"
+    assert not ok(run_module("hepinfra.cloud.worker", args(os_cloud, 4, tmp_path)))["changed"]
+
+    info = ok(run_module("hepinfra.cloud.worker_info", {"clouds": [os_cloud], "group": GROUP,
+                                                        "condor": {"collector": False}}))
+    assert sorted(w["name"] for w in info["workers"]) == sorted(report["launched"])
+    assert {w["cloud_state"] for w in info["workers"]} == {"active"}
+
+    down = ok(run_module("hepinfra.cloud.worker", args(os_cloud, 1, tmp_path)))
+    assert len(down["clouds"]["os"]["deleted"]) == 3
+    wait_gone(alpha, down["clouds"]["os"]["deleted"])
+    left = ours(alpha)
+    assert lookalike.name in left and len(left) == 2
+
+
+def wait_gone(alpha, names, timeout=60):  # pylint: disable=redefined-outer-name
+    """Nova deletes asynchronously: wait until the servers are gone."""
+    deadline = time.monotonic() + timeout
+    while set(names) & set(ours(alpha)):
+        assert time.monotonic() < deadline, "servers not deleted: %s" % (set(names) & set(ours(alpha)))
+        time.sleep(1)
+
+
+def test_quota_gives_a_partial_success_reported_per_worker(os_cloud, alpha, run_module, tmp_path):
+    # pylint: disable=redefined-outer-name
+    testbed.set_quota("alpha", instances=2)
+    result = run_module("hepinfra.cloud.worker", args(os_cloud, 5, tmp_path))
+    assert result.failed
+    report = result.result["clouds"]["os"]
+    assert report["failed"] and len(report["launched"]) == 2
+    assert len(report["errors"]) == 3 and all("uota" in error for error in report["errors"])
+    assert "failed on 1 of 1 clouds" in result.msg
+    assert len(ours(alpha)) == 2
+
+
+def test_a_server_in_error_is_replaced(os_cloud, alpha, run_module, tmp_path):
+    # pylint: disable=redefined-outer-name
+    up = ok(run_module("hepinfra.cloud.worker", args(os_cloud, 2, tmp_path)))
+    broken = up["clouds"]["os"]["launched"][0]
+    testbed.force_error(ours(alpha)[broken].id)
+    again = ok(run_module("hepinfra.cloud.worker", args(os_cloud, 2, tmp_path)))
+    report = again["clouds"]["os"]
+    assert report["deleted"] == [broken] and len(report["launched"]) == 1
+    assert [w for w in again["workers"] if w["name"] == broken][0]["reason"].startswith("the instance is in error")
+    wait_gone(alpha, [broken])
+    assert len(ours(alpha)) == 2
+
+
+def test_bad_credentials_fail_that_cloud_only_and_hide_the_password(os_cloud, run_module, libvirt_cloud, tmp_path):
+    lv_cloud, _path = libvirt_cloud
+    password = "wrong-" + uuid.uuid4().hex
+    bad = {**os_cloud, "openstack": {**os_cloud["openstack"], "auth": {**os_cloud["openstack"]["auth"],
+                                                                          "password": password}}}
+    task = {**args(bad, 1, tmp_path), "clouds": [bad, lv_cloud],
+            "placements": [{"cloud": "os", "count": 1},
+                           {"cloud": "lv", "count": 1, "flavor": "w1.tiny", "image": "wimg"}]}
+    result = run_module("hepinfra.cloud.worker", task, verbosity=3)
+    assert result.failed and "authentication failed" in result.result["clouds"]["os"]["error"]
+    assert len(result.result["clouds"]["lv"]["launched"]) == 1          # the other cloud was done
+    assert password not in result.output and password not in str(result.result)
