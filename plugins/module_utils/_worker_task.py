@@ -248,7 +248,8 @@ def apply(run: CloudRun, settings: LaunchSettings, drain_wait: float) -> None:
 
 def _apply(run: CloudRun, settings: LaunchSettings, drain_wait: float) -> None:
     plan = run.plan
-    assert plan is not None and run.provider is not None
+    if plan is None or run.provider is None:
+        return
     deletes = plan.of("delete")
     parallel(deletes, lambda step: delete_one(run, step, settings), settings.parallel)
     for name in run.leftovers:

@@ -105,7 +105,6 @@ options:
       key_name:
         description: OpenStack key pair name.
         type: str
-        no_log: false
       security_groups:
         description: OpenStack security group names.
         type: list
@@ -207,7 +206,6 @@ options:
       signing_key:
         description: The signing key name (C(condor_token_create -key)); HTCondor's default when unset.
         type: str
-        no_log: false
       token_lifetime:
         description: Seconds a worker token is valid; at most and by default O(max_lifetime).
         type: int
@@ -229,7 +227,6 @@ options:
         description: A NetBox API token allowed to add and delete virtual machines.
         type: str
         required: true
-        no_log: true
       cluster:
         description: The NetBox cluster the virtual machines belong to.
         type: str

@@ -26,8 +26,8 @@ def libvirt_cloud_factory(libvirt_pools, run_module):
     def make(image, **settings):
         cloud, path = libvirt_pools("lv", priority=10)
         cloud["libvirt"].update(domain_type="qemu", **settings)
-        uploaded = run_module("hepinfra.cloud.image", {"clouds": [cloud], "name": "wimg", "src": str(image),
-                                                        "checksum_cache": ""})
+        uploaded = run_module("hepinfra.cloud.image",
+                              {"clouds": [cloud], "name": "wimg", "src": str(image), "checksum_cache": ""})
         assert uploaded.rc == 0 and not uploaded.failed, uploaded.output
         return cloud, path
 

@@ -77,8 +77,9 @@ def foreign(libvirt_daemon):  # pylint: disable=unused-argument
     made = []
     lookalike = f"g1--lv--{uuid.uuid4()}"
     copied = f"{guest.PREFIX}-copied-mark"
-    for name, metadata in ((lookalike, ""), (copied, f"<metadata><h:worker xmlns:h='{NS}' owner='hepinfra.cloud' "
-                                                      f"group='g1' cloud='lv' config='c1' uuid='{uuid.uuid4()}'/></metadata>")):
+    copied_mark = (f"<metadata><h:worker xmlns:h='{NS}' owner='hepinfra.cloud' group='g1' cloud='lv' config='c1' "
+                   f"uuid='{uuid.uuid4()}'/></metadata>")
+    for name, metadata in ((lookalike, ""), (copied, copied_mark)):
         xml = (f"<domain type='qemu'><name>{name}</name>{metadata}<memory unit='MiB'>32</memory><vcpu>1</vcpu>"
                "<os><type arch='x86_64'>hvm</type></os></domain>")
         made.append(conn.createXML(xml, 0))

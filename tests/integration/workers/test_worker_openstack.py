@@ -41,8 +41,8 @@ def os_cloud(compute, alpha, run_module, tmp_path):  # pylint: disable=redefined
              "defaults": {"flavor": "w1.small", "image": "wimg", "network": compute.compute["network"]}}
     image = tmp_path / "wimg.qcow2"
     run(["qemu-img", "create", "-q", "-f", "qcow2", image, "64M"])
-    uploaded = run_module("hepinfra.cloud.image", {"clouds": [cloud], "name": "wimg", "src": str(image),
-                                                    "checksum_cache": ""})
+    uploaded = run_module("hepinfra.cloud.image",
+                          {"clouds": [cloud], "name": "wimg", "src": str(image), "checksum_cache": ""})
     assert uploaded.rc == 0 and not uploaded.failed, uploaded.output
     yield cloud
     testbed.reset_quota("alpha")
@@ -135,8 +135,8 @@ def test_a_server_in_error_is_replaced(os_cloud, alpha, run_module, tmp_path):
 def test_bad_credentials_fail_that_cloud_only_and_hide_the_password(os_cloud, run_module, libvirt_cloud, tmp_path):
     lv_cloud, _path = libvirt_cloud
     password = "wrong-" + uuid.uuid4().hex
-    bad = {**os_cloud, "openstack": {**os_cloud["openstack"], "auth": {**os_cloud["openstack"]["auth"],
-                                                                          "password": password}}}
+    auth = {**os_cloud["openstack"]["auth"], "password": password}
+    bad = {**os_cloud, "openstack": {**os_cloud["openstack"], "auth": auth}}
     task = {**args(bad, 1, tmp_path), "clouds": [bad, lv_cloud],
             "placements": [{"cloud": "os", "count": 1},
                            {"cloud": "lv", "count": 1, "flavor": "w1.tiny", "image": "wimg"}]}

@@ -360,8 +360,8 @@ def render_execute_config(central_manager: str, trust_domain: str, startd_attrs:
                                                              "mode": "0600"}},
             ],
         }]
-        inventory = {"all": {"hosts": {"localhost": {"ansible_connection": "local",
-                                                      "ansible_python_interpreter": sys.executable}}}}
+        localhost = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+        inventory = {"all": {"hosts": {"localhost": localhost}}}
         _playbook(play, inventory, work, "rendering the execute configuration (htcondor role, execute_config)")
         return out.read_text()
 
