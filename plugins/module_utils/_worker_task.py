@@ -122,7 +122,9 @@ class LaunchSettings:
     context: dict[str, Any]
     max_lifetime: int
     token_lifetime: int
-    condor: W.Condor | None
+    condor: W.Condor
+    tokens: bool            # mint a token per worker
+    collector: bool         # the pool is asked (drains and their wait need it)
     central_manager: str | None
     parallel: int
     audit: W.AuditLog
@@ -160,7 +162,7 @@ def launch_one(run: CloudRun, settings: LaunchSettings, resolved: dict[str, Any]
                       instance_id="", cloud_state=W.BUILDING, flavor=placement.flavor or "", image=placement.image or "",
                       created=now, expires=now + settings.max_lifetime)
     try:
-        if settings.condor is not None:
+        if settings.tokens:
             identity = settings.condor.identity(worker_uuid)
             token = settings.condor.mint(worker_uuid, settings.token_lifetime)
             settings.no_log(token)
@@ -222,7 +224,7 @@ def delete_one(run: CloudRun, step: W.Step, settings: LaunchSettings) -> bool:
 def drain_one(run: CloudRun, step: W.Step, settings: LaunchSettings) -> bool:
     now = time.time()
     try:
-        if settings.condor is not None:
+        if settings.collector:
             settings.condor.drain(step.worker)
         run.provider.mark_draining(step.worker, now)
     except HepinfraError as exc:
@@ -272,7 +274,7 @@ def _apply(run: CloudRun, settings: LaunchSettings, drain_wait: float) -> None:
     # Idle workers are drained within seconds: wait a little and delete them in this run;
     # busy ones are deleted by a later run once their jobs are done.
     idle = [step for step in drained if not step.worker.claimed]
-    if idle and drain_wait > 0 and settings.condor is not None:
+    if idle and drain_wait > 0 and settings.collector:
         pending = {step.worker.uuid: step for step in idle}
 
         def gone() -> bool:

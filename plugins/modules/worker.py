@@ -458,7 +458,8 @@ class WorkerModule(HepinfraModule):
             group=params["group"], config=params["config"], parts=params["user_data"],
             context=params["user_data_context"], max_lifetime=params["max_lifetime"],
             token_lifetime=condor_params["token_lifetime"] or params["max_lifetime"],
-            condor=condor if condor_params["tokens"] else None, central_manager=condor_params["central_manager"],
+            condor=condor, tokens=condor_params["tokens"], collector=condor_params["collector"],
+            central_manager=condor_params["central_manager"],
             parallel=params["parallel"], audit=W.AuditLog(params["audit_log"], W.actor()),
             no_log=self.module.no_log_values.add, netbox=netbox)
         runs = [T.CloudRun(placement) for placement in placements]

@@ -158,3 +158,38 @@ def test_real_worker_joins_runs_a_job_and_is_retired_after_it(htcondor_pool, boo
     assert len(token) > 100
     for text in outputs + [audit.read_text()]:
         assert token not in text and token.split(".")[2] not in text
+
+
+def test_workers_that_never_register_are_deleted_first(htcondor_pool, libvirt_cloud, run_module, tmp_path):
+    """Domains that never boot cannot join the pool: past registration_timeout they go, whatever the count.
+
+    Tokens are minted for real on the pool's central manager (one per worker)."""
+    cloud, path = libvirt_cloud
+    env = {"CONTAINERS_CONF": str(podman.containers_conf())}
+    task = {"clouds": [cloud], "group": GROUP, "config": "never",
+            "placements": [{"cloud": "lv", "count": 2, "flavor": "w1.tiny", "image": "wimg"}],
+            "condor": {"trust_domain": htcondor_pool.trust_domain,
+                       "command_prefix": ["podman", "exec", htcondor_pool.container], "token_lifetime": 600},
+            "audit_log": str(tmp_path / "audit.jsonl"), "registration_timeout": 3600}
+    up = run_module("hepinfra.cloud.worker", task, env=env)
+    assert up.rc == 0 and not up.failed, up.msg
+    launched = up.result["clouds"]["lv"]["launched"]
+    tokens = [seed_token(path, name) for name in launched]
+    assert len(set(tokens)) == 2                                     # one token per worker
+    for name, token in zip(launched, tokens):
+        payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        assert payload["sub"] == f"worker-{name.split('--')[2]}@{htcondor_pool.trust_domain}"
+        assert sorted(payload["scope"].split()) == ["condor:/ADVERTISE_MASTER", "condor:/ADVERTISE_STARTD",
+                                                    "condor:/READ"]
+        assert payload["exp"] - payload["iat"] == 600
+    waiting = run_module("hepinfra.cloud.worker", task, env=env)
+    assert waiting.rc == 0 and not waiting.result["changed"]         # still within the timeout
+    time.sleep(2)
+    late = run_module("hepinfra.cloud.worker", {**task, "registration_timeout": 1}, env=env)
+    assert late.rc == 0 and not late.failed, late.msg
+    report = late.result["clouds"]["lv"]
+    assert sorted(report["deleted"]) == sorted(launched) and len(report["launched"]) == 2
+    assert all(w["reason"].startswith("never registered") for w in late.result["workers"]
+               if w["name"] in launched)
+    for token in tokens:
+        assert token not in up.output + waiting.output + late.output
