@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
                 log("removed the HTCondor pool")
             for line in podman.teardown() + guest.teardown():
                 log(f"removed {line}")
-            for service, stop in (("OpenStack (Keystone, Glance)", openstack.down), ("the S3 server", storage.s3_down),
+            for service, stop in (("OpenStack", openstack.down), ("the S3 server", storage.s3_down),
                                   ("NetBox", netbox.down)):
                 if stop():
                     log(f"stopped {service}")
