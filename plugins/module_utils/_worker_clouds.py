@@ -76,7 +76,8 @@ class Provider:
     def delete(self, worker: W.Worker) -> None:
         raise NotImplementedError
 
-    def mark_draining(self, worker: W.Worker, since: float) -> None:
+    def mark(self, worker: W.Worker, key: str, value: str) -> None:
+        """Record one more ownership metadata key (drain time, first registration) in the instance."""
         raise NotImplementedError
 
     def leftovers(self, group: str | None, live: set[str]) -> list[str]:
@@ -185,9 +186,9 @@ class OpenStackProvider(Provider):
         self._call("delete server %s" % worker.name, self.conn.compute.delete_server, worker.instance_id,
                    ignore_missing=True)
 
-    def mark_draining(self, worker: W.Worker, since: float) -> None:
+    def mark(self, worker: W.Worker, key: str, value: str) -> None:
         self._call("set metadata of %s" % worker.name, self.conn.compute.set_server_metadata, worker.instance_id,
-                   **{W.META_DRAINING: "%d" % since})
+                   **{key: value})
 
 
 # -- libvirt -------------------------------------------------------------------------------
@@ -450,19 +451,19 @@ class LibvirtProvider(Provider):
         domains = {domain.name() for domain in self.conn.listAllDomains(0)}
         return sorted(names - domains)
 
-    def mark_draining(self, worker: W.Worker, since: float) -> None:
+    def mark(self, worker: W.Worker, key: str, value: str) -> None:
         lv = self.libvirt
         try:
             domain = self.conn.lookupByName(worker.name)
             text = domain.metadata(lv.VIR_DOMAIN_METADATA_ELEMENT, XML_NAMESPACE, 0)
             metadata = parse_metadata(text)
-            metadata[W.META_DRAINING] = "%d" % since
+            metadata[key] = value
             flags = lv.VIR_DOMAIN_AFFECT_LIVE if domain.isActive() else 0
             if domain.isPersistent():
                 flags |= lv.VIR_DOMAIN_AFFECT_CONFIG
             domain.setMetadata(lv.VIR_DOMAIN_METADATA_ELEMENT, metadata_xml(metadata), XML_PREFIX, XML_NAMESPACE, flags)
         except lv.libvirtError as exc:
-            raise self._error("mark %s draining" % worker.name, exc) from None
+            raise self._error("record %s in %s" % (key, worker.name), exc) from None
 
 
 PROVIDERS = {"openstack": OpenStackProvider, "libvirt": LibvirtProvider}

@@ -226,7 +226,7 @@ def drain_one(run: CloudRun, step: W.Step, settings: LaunchSettings) -> bool:
     try:
         if settings.collector:
             settings.condor.drain(step.worker)
-        run.provider.mark_draining(step.worker, now)
+        run.provider.mark(step.worker, W.META_DRAINING, "%d" % now)
     except HepinfraError as exc:
         with run.lock:
             run.errors.append("%s: %s" % (step.worker.name, exc))
@@ -252,6 +252,14 @@ def _apply(run: CloudRun, settings: LaunchSettings, drain_wait: float) -> None:
     plan = run.plan
     if plan is None or run.provider is None:
         return
+    # Remember who has been in the pool: a registered worker whose slots go missing later
+    # (collector restart, expired token) may still run jobs and is never taken for unregistered.
+    for worker in run.workers:
+        if worker.slots and not worker.registered_at and worker.cloud_state != W.FAILED:
+            try:
+                run.provider.mark(worker, W.META_REGISTERED, "%d" % time.time())
+            except HepinfraError as exc:
+                run.errors.append("%s: %s" % (worker.name, exc))
     deletes = plan.of("delete")
     parallel(deletes, lambda step: delete_one(run, step, settings), settings.parallel)
     for name in run.leftovers:

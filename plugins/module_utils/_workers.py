@@ -38,6 +38,7 @@ META_CREATED = "hepinfra_created"
 META_EXPIRES = "hepinfra_expires"
 META_TOKEN = "hepinfra_token_identity"
 META_DRAINING = "hepinfra_draining"
+META_REGISTERED = "hepinfra_registered"
 #: The startd attribute that ties a worker's slots to the instance.
 UUID_ATTRIBUTE = "HepinfraWorkerUuid"
 STARTD_ATTRIBUTES = {UUID_ATTRIBUTE: "uuid", "HepinfraGroup": "group", "HepinfraCloud": "cloud",
@@ -60,6 +61,21 @@ def check_group(group: str) -> None:
     if not GROUP_PATTERN.match(group or "") or SEPARATOR in group:
         raise HepinfraError("group %r must be 1-40 lower-case letters, digits or '-', start and end with a letter or "
                             "digit, and not contain '--'" % group)
+
+
+CLOUD_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+HOST_NAME_MAX = 63
+
+
+def check_cloud_name(group: str, cloud: str) -> None:
+    """Workers on a cloud carry its name in their host name: it must fit there and parse back."""
+    if not CLOUD_PATTERN.match(cloud) or SEPARATOR in cloud:
+        raise HepinfraError("cloud %s cannot hold workers: its name becomes part of their host names, so it must be "
+                            "lower-case letters, digits and single '-'" % cloud)
+    length = len(worker_name(group, cloud, "0" * 36))
+    if length > HOST_NAME_MAX:
+        raise HepinfraError("worker names of group %s on cloud %s would be %d characters, over the %d a host name "
+                            "may have: shorten the group or the cloud name" % (group, cloud, length, HOST_NAME_MAX))
 
 
 def check_config(config: str) -> None:
@@ -109,6 +125,7 @@ class Worker:
     expires: float = 0.0
     token_identity: str = ""
     draining_since: float = 0.0
+    registered_at: float = 0.0           # first seen in the pool (recorded in the instance)
     addresses: list[str] = field(default_factory=list)
     fault: str = ""
     # From the collector
@@ -120,6 +137,11 @@ class Worker:
     @property
     def draining(self) -> bool:
         return self.draining_since > 0
+
+    @property
+    def registered(self) -> bool:
+        """In the pool now, or seen there by an earlier run."""
+        return self.registered_at > 0 or bool(self.slots)
 
     @property
     def drained(self) -> bool:
@@ -184,7 +206,8 @@ def worker_from(name: str, metadata: dict[str, Any], instance_id: str, cloud_sta
         config=str(metadata.get(META_CONFIG, "")), instance_id=instance_id, cloud_state=cloud_state,
         cloud_status=cloud_status, flavor=str(metadata.get(META_FLAVOR, "")), image=str(metadata.get(META_IMAGE, "")),
         created=number(META_CREATED), expires=number(META_EXPIRES), token_identity=str(metadata.get(META_TOKEN, "")),
-        draining_since=number(META_DRAINING), addresses=list(addresses), fault=fault)
+        draining_since=number(META_DRAINING), registered_at=number(META_REGISTERED), addresses=list(addresses),
+        fault=fault)
 
 
 # -- The pool's view ---------------------------------------------------------------------
@@ -253,34 +276,48 @@ class Plan:
 def plan_scale(workers: list[Worker], count: int, now: float, registration_timeout: float) -> Plan:
     """Decide, for the owned workers of one (group, config, cloud), what reaches ``count`` safely.
 
-    Order of removal: instances in error and workers that never registered within
-    ``registration_timeout`` are deleted first (whatever the count); draining workers are
-    deleted once their slots are gone; past their lifetime, workers are drained. Then, of the
-    remaining healthy workers, the surplus is taken idle first (idle longest first), then the
-    ones still starting (newest first), then busy ones last. Idle and busy workers are drained,
-    never deleted while they have slots; workers still starting (no slots) are deleted.
+    A worker with a claimed slot is never deleted. Deleted whatever the count: instances in
+    error with nothing claimed, stopped instances without slots, workers never seen in the pool
+    ``registration_timeout`` after launch, draining workers with no job left, and workers past
+    their maximum lifetime that are not in the pool. Registered workers past their lifetime are
+    drained. A worker seen in the pool before whose slots are missing now (collector restart,
+    network trouble) is kept, never drained or deleted on that account. Of the remaining
+    workers, the surplus is taken idle first (idle longest first), then the ones still starting
+    (newest first, deleted: no slots), then busy ones (drained).
     """
     plan = Plan()
     healthy: list[Worker] = []
     for worker in workers:
         age = now - worker.created if worker.created else 0.0
+        expired = bool(worker.expires) and now >= worker.expires
         if worker.cloud_state == GONE:
             continue
         if worker.cloud_state == FAILED:
-            plan.steps.append(Step(worker, "delete", "the instance is in error (%s)" % (worker.fault or worker.cloud_status)))
-        elif worker.draining or worker.drained:
-            if worker.slots and not worker.drained:
+            why = "the instance is in error (%s)" % (worker.fault or worker.cloud_status)
+            if not worker.claimed:
+                plan.steps.append(Step(worker, "delete", why))
+            elif worker.draining:
+                plan.steps.append(Step(worker, "keep", why + "; draining, its jobs may finish"))
+            else:
+                plan.steps.append(_retire(worker, why))
+        elif worker.draining or worker.drained or worker.pool_state == DRAINING:
+            if worker.drained:
+                plan.steps.append(Step(worker, "delete", "drained: no job left on it"))
+            elif worker.slots:
                 plan.steps.append(Step(worker, "keep", "draining: %d slot%s left, %d claimed"
                                        % (len(worker.slots), "" if len(worker.slots) == 1 else "s", worker.claimed)))
+            elif not worker.registered or expired:
+                plan.steps.append(Step(worker, "delete", "drained: not in the pool"
+                                       + ("; past its maximum lifetime" if expired else "")))
             else:
-                plan.steps.append(Step(worker, "delete", "drained: no job left on it" if worker.slots
-                                       else "drained: its slots are gone"))
-        elif not worker.slots and age > registration_timeout:
+                plan.steps.append(Step(worker, "keep", "draining; its slots are missing from the collector"))
+        elif not worker.slots and not worker.registered and age > registration_timeout:
             plan.steps.append(Step(worker, "delete", "never registered in the pool within %d s" % registration_timeout))
         elif worker.cloud_state == STOPPED and not worker.slots:
             plan.steps.append(Step(worker, "delete", "the instance is stopped (%s)" % worker.cloud_status))
-        elif worker.expires and now >= worker.expires:
-            plan.steps.append(_retire(worker, "past its maximum lifetime"))
+        elif expired:
+            plan.steps.append(_retire(worker, "past its maximum lifetime") if worker.slots
+                              else Step(worker, "delete", "past its maximum lifetime; not in the pool"))
         else:
             healthy.append(worker)
     surplus = len(healthy) - count
@@ -298,15 +335,20 @@ def plan_scale(workers: list[Worker], count: int, now: float, registration_timeo
 def _retire(worker: Worker, why: str) -> Step:
     if worker.slots:
         return Step(worker, "drain", "%s; %s" % (why, "busy, its jobs may finish" if worker.claimed else "idle"))
+    if worker.registered:
+        # Seen in the pool before, missing now: it may run jobs the collector cannot show.
+        return Step(worker, "keep", "%s; its slots are missing from the collector, kept" % why)
     return Step(worker, "delete", "%s; not registered yet" % why)
 
 
 def _removal_order(worker: Worker) -> tuple[int, float]:
     if worker.slots and not worker.claimed:
         return (0, worker.idle_since)            # idle longest first
-    if not worker.slots:
+    if not worker.slots and not worker.registered:
         return (1, -worker.created)              # starting: newest first
-    return (2, -worker.created)                  # busy: newest first, the oldest run longest
+    if worker.slots:
+        return (2, -worker.created)              # busy: newest first, the oldest run longest
+    return (3, -worker.created)                  # missing from the collector: last, and only kept
 
 
 # -- HTCondor commands ------------------------------------------------------------------
@@ -377,7 +419,8 @@ class Condor:
         names = sorted(str(ad["Name"]) for ad in worker.slots if ad.get("Name") and not ad.get("DynamicSlot"))
         if not names:
             return                                 # not registered: nothing to drain
-        self.run(["condor_drain", "-graceful", "-reason", "retired by hepinfra.cloud.worker", names[0]])
+        # No argument holds a space: a prefix like ssh joins the arguments into one command line.
+        self.run(["condor_drain", "-graceful", "-reason", "hepinfra.cloud.worker", names[0]])
 
 
 def token_claims(token: str) -> dict[str, Any]:
@@ -413,6 +456,7 @@ class AuditLog:
         self.path = os.path.expanduser(path) if path else None
         self.who = who
         self.records: list[dict[str, Any]] = []
+        self.errors: list[str] = []
 
     def record(self, event: str, worker: Worker, **extra: Any) -> None:
         entry = {"time": iso_time(time.time()), "event": event, "who": self.who, "cloud": worker.cloud,
@@ -425,15 +469,22 @@ class AuditLog:
             return
         directory = os.path.dirname(self.path)
         if directory:
-            os.makedirs(directory, exist_ok=True)
+            try:
+                os.makedirs(directory, exist_ok=True)
+            except OSError:
+                pass                               # reported by the write below
         line = json.dumps(entry, sort_keys=True) + "\n"
-        descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
-            os.write(descriptor, line.encode())
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+                os.write(descriptor, line.encode())
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        except OSError as exc:
+            # The action happened: keep the record in the result and fail the task at its end.
+            self.errors.append("%s %s: %s" % (event, worker.name, exc))
 
 
 def as_dict(value: Any) -> Any:

@@ -199,10 +199,11 @@ options:
         type: str
         default: worker-
       authz:
-        description: The authorizations of worker tokens.
+        description: The authorizations of worker tokens; only those an execute node needs are allowed.
         type: list
         elements: str
         default: [ADVERTISE_MASTER, ADVERTISE_STARTD, READ]
+        choices: [ADVERTISE_MASTER, ADVERTISE_STARTD, READ]
       signing_key:
         description: The signing key name (C(condor_token_create -key)); HTCondor's default when unset.
         type: str
@@ -296,14 +297,23 @@ clouds:
       description: Each failure of a single worker (a partial success leaves the others done).
       type: list
       elements: str
+    cloud:
+      description: The cloud's name.
+      type: str
+    type:
+      description: The cloud's type.
+      type: str
     count:
       description: The workers wanted.
+      type: int
+    launch:
+      description: How many workers were launched (in check mode, would be).
       type: int
     before:
       description: Workers of the group and config before the task, by pool state.
       type: dict
     launched:
-      description: Names of the workers launched (planned, in check mode the number only).
+      description: Names of the workers launched; empty in check mode (see RV(clouds.launch)).
       type: list
       elements: str
     drained:
@@ -315,7 +325,7 @@ clouds:
       type: list
       elements: str
     leftovers:
-      description: Disk volumes of libvirt workers whose domain was gone, removed.
+      description: Workers whose libvirt domain was gone and whose disks were removed (in check mode, would be).
       type: list
       elements: str
     foreign:
@@ -376,7 +386,7 @@ class WorkerModule(HepinfraModule):
             tokens=dict(type="bool", default=True),
             collector=dict(type="bool", default=True),
             identity_prefix=dict(type="str", default="worker-"),
-            authz=dict(type="list", elements="str", default=list(W.TOKEN_AUTHZ)),
+            authz=dict(type="list", elements="str", default=list(W.TOKEN_AUTHZ), choices=list(W.TOKEN_AUTHZ)),
             signing_key=dict(type="str", no_log=False),
             token_lifetime=dict(type="int", no_log=False),
             timeout=dict(type="int", default=60),
@@ -411,6 +421,8 @@ class WorkerModule(HepinfraModule):
         if condor["tokens"] and not condor["trust_domain"]:
             raise HepinfraError("condor.trust_domain is needed to mint worker tokens",
                                 hint="Set it, or condor.tokens=false when the user-data authenticates workers")
+        if params["wait"] == "registered" and not condor["collector"]:
+            raise HepinfraError("wait=registered needs the collector (condor.collector=true)")
         lifetime = condor["token_lifetime"]
         if lifetime is not None and not 0 < lifetime <= params["max_lifetime"]:
             raise HepinfraError("condor.token_lifetime must be between 1 and max_lifetime (%d)" % params["max_lifetime"])
@@ -439,6 +451,11 @@ class WorkerModule(HepinfraModule):
             if count and not (placement.flavor and placement.image):
                 raise HepinfraError("placement on cloud %s needs a flavor and an image (none set there or in the "
                                     "cloud's defaults)" % cloud.name)
+            if count and cloud.type == "openstack" and not placement.network:
+                raise HepinfraError("placement on cloud %s needs a network (none set there or in the cloud's defaults): "
+                                    "a worker without one cannot reach the pool" % cloud.name)
+            if raw:
+                W.check_cloud_name(params["group"], cloud.name)
             result.append(placement)
         return result
 
@@ -505,6 +522,10 @@ class WorkerModule(HepinfraModule):
         result = self.result(changed, before=before, after=after, clouds=clouds, workers=workers,
                              audit=settings.audit.records)
         failed = [name for name, report in clouds.items() if report["failed"]]
+        if settings.audit.errors:
+            self.fail("the audit log %s could not be written (the actions were done; their records are in the result): %s"
+                      % (self.params["audit_log"], "; ".join(settings.audit.errors)),
+                      **{k: v for k, v in result.items() if k != "changed"}, changed=changed)
         if failed:
             summary = "; ".join("%s: %s" % (name, clouds[name]["error"] or "; ".join(clouds[name]["errors"]))
                                 for name in failed)

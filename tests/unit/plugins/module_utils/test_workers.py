@@ -117,7 +117,7 @@ def test_draining_worker_is_deleted_once_its_slots_are_gone():
     W.attach_slots([target], [slot(target, "Claimed")])
     assert actions(W.plan_scale([target], 0, NOW, 1800))["id-1"][0] == "keep"
     W.attach_slots([target], [])
-    assert actions(W.plan_scale([target], 0, NOW, 1800))["id-1"] == ("delete", "drained: its slots are gone")
+    assert actions(W.plan_scale([target], 0, NOW, 1800))["id-1"] == ("delete", "drained: not in the pool")
 
 
 def test_past_lifetime_is_drained():
@@ -169,3 +169,39 @@ def test_drained_slots_mean_the_worker_can_go():
     W.attach_slots([target], [slot(target, "Drained", Activity="Idle")])
     assert target.pool_state == W.DRAINING
     assert actions(W.plan_scale([target], 0, NOW, 1800))["id-1"] == ("delete", "drained: no job left on it")
+
+
+def test_a_worker_seen_in_the_pool_before_is_never_deleted_for_missing_slots():
+    target = worker(1, created_ago=4000)
+    target.registered_at = NOW - 3000                 # its slots vanished (collector restart, expired token)
+    W.attach_slots([target], [])
+    assert actions(W.plan_scale([target], 1, NOW, 1800))["id-1"][0] == "keep"
+    got = actions(W.plan_scale([target], 0, NOW, 1800))["id-1"]
+    assert got[0] == "keep" and "missing from the collector" in got[1]
+    target.draining_since = NOW - 60
+    assert actions(W.plan_scale([target], 0, NOW, 1800))["id-1"][0] == "keep"
+    target.expires = NOW - 1                          # its hard end of life
+    assert actions(W.plan_scale([target], 0, NOW, 1800))["id-1"][0] == "delete"
+
+
+def test_an_instance_in_error_that_runs_jobs_is_drained_not_deleted():
+    target = worker(1, cloud_state=W.FAILED)
+    W.attach_slots([target], [slot(target, "Claimed")])
+    assert actions(W.plan_scale([target], 1, NOW, 1800))["id-1"][0] == "drain"
+    target.draining_since = NOW - 10
+    assert actions(W.plan_scale([target], 1, NOW, 1800))["id-1"][0] == "keep"
+
+
+def test_drained_slots_count_as_draining_without_the_mark():
+    target = worker(1)
+    W.attach_slots([target], [slot(target, "Drained", Activity="Retiring"), slot(target, "Claimed", DynamicSlot=True)])
+    plan = W.plan_scale([target], 1, NOW, 1800)
+    assert actions(plan)["id-1"][0] == "keep" and plan.launch == 1     # not counted as a healthy worker
+
+
+@pytest.mark.parametrize("cloud, message", [("hv--a", "single '-'"), ("HV", "lower-case"), ("hv_a", "lower-case"),
+                                            ("a" * 20, "over the 63")])
+def test_cloud_names_must_fit_host_names(cloud, message):
+    with pytest.raises(HepinfraError, match=message):
+        W.check_cloud_name("atlas", cloud)
+    W.check_cloud_name("atlas", "cern-prod")
