@@ -393,7 +393,7 @@ def worker_reports(run: CloudRun, applied: bool) -> list[dict[str, Any]]:
             entry = reports.setdefault(event["name"], {"name": event["name"], "uuid": event["uuid"], "cloud": run.name})
             entry.update(action=event["action"], reason=event["reason"])
         for worker in run.launched:
-            reports[worker.name].update(worker.report(now), action="launched")
+            reports.setdefault(worker.name, {}).update(worker.report(now), action="launched")
     return sorted(reports.values(), key=lambda entry: entry["name"])
 
 
