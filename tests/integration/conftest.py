@@ -85,6 +85,9 @@ def libvirt_pools(libvirt_daemon):  # pylint: disable=unused-argument
     created = []
 
     def make(short: str, **extra) -> tuple[dict, Path]:
+        # /dev/kvm has been seen to lose its group during a run (then every define re-probes
+        # QEMU for about 40 s): daemon_up puts it right again before each test's pool.
+        guest.daemon_up()
         name = f"{guest.PREFIX}-img-{short}-{uuid.uuid4().hex[:6]}"
         # QEMU runs as its own user: it must be able to reach the pool's files (pytest's tmp is 0700).
         path = Path(tempfile.mkdtemp(prefix=f"{name}-"))
