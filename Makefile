@@ -122,13 +122,13 @@ units: bootstrap $(GET_PIP) ## ansible-test units
 
 .PHONY: testbed-test
 testbed-test: bootstrap ## the testbed's own tests: hosts, network, guests, teardown
-	$(BIN)/pytest -p no:cacheprovider -ra tests/testbed/tests $(PYTEST_ARGS)
+	$(BIN)/pytest -p no:cacheprovider -ra --durations=15 tests/testbed/tests $(PYTEST_ARGS)
 
 .PHONY: integration
 integration: bootstrap ## end-to-end tests against real services (tests/integration; PYTEST_ARGS=-k x for some)
 	@if [ -n "$(or $(TARGET),$(INTEGRATION_TARGETS))" ]; then \
 		cd $(COLLECTION) && $(BIN)/ansible-test integration --local --python 3.11 --color $(TARGET); fi
-	$(BIN)/pytest -p no:cacheprovider -ra tests/integration $(PYTEST_ARGS)
+	$(BIN)/pytest -p no:cacheprovider -ra --durations=30 tests/integration $(PYTEST_ARGS)
 
 # A real NetBox on loopback with the integration tests' data, for working on the CMDB plugin.
 .PHONY: netbox-up

@@ -97,6 +97,19 @@ NOVA_STATES = {"ACTIVE": W.ACTIVE, "BUILD": W.BUILDING, "REBUILD": W.BUILDING, "
                "DELETED": W.GONE, "SOFT_DELETED": W.GONE}
 
 
+# Seconds between the attempts of a repeatable OpenStack call after a transient error.
+RETRY_DELAYS = (1.0, 3.0)
+TRANSIENT_STATUS = frozenset((500, 502, 503, 504))
+
+
+def transient(exc: BaseException) -> bool:
+    """A server error or a dropped connection: worth one more try for a read or a delete
+    (a Nova API whose Neutron call failed answers 500 for that moment)."""
+    if getattr(exc, "status_code", None) in TRANSIENT_STATUS:
+        return True
+    return any(kind.__name__ == "RetriableConnectionFailure" for kind in type(exc).__mro__)
+
+
 class OpenStackProvider(Provider):
 
     def __init__(self, cloud: _clouds.Cloud, libraries: dict[str, Any]) -> None:
@@ -125,13 +138,20 @@ class OpenStackProvider(Provider):
         if self.conn is not None:
             self.conn.close()
 
-    def _call(self, action: str, function: Any, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return function(*args, **kwargs)
-        except HepinfraError:
-            raise
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            raise _clouds.openstack_error(self.cloud, exc, action) from None
+    def _call(self, action: str, function: Any, *args: Any, retry: bool = True, **kwargs: Any) -> Any:
+        """Call the API; a call that can be repeated safely is, after a transient server error
+        (RETRY_DELAYS apart). A create is never repeated: a lost answer could mean two servers."""
+        delays = list(RETRY_DELAYS) if retry else []
+        while True:
+            try:
+                return function(*args, **kwargs)
+            except HepinfraError:
+                raise
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                if delays and transient(exc):
+                    time.sleep(delays.pop(0))
+                    continue
+                raise _clouds.openstack_error(self.cloud, exc, action) from None
 
     def workers(self, group: str | None) -> list[W.Worker]:
         pattern = "^" + re.escape(W.prefix(group, self.cloud.name) if group else "")
@@ -179,7 +199,7 @@ class OpenStackProvider(Provider):
             arguments["key_name"] = spec.key_name
         if spec.security_groups:
             arguments["security_groups"] = [{"name": name} for name in spec.security_groups]
-        server = self._call("create server %s" % spec.name, self.conn.compute.create_server, **arguments)
+        server = self._call("create server %s" % spec.name, self.conn.compute.create_server, retry=False, **arguments)
         return W.worker_from(spec.name, spec.metadata, server.id, W.BUILDING, server.status or "BUILD")
 
     def delete(self, worker: W.Worker) -> None:

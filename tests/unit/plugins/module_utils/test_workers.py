@@ -205,3 +205,59 @@ def test_cloud_names_must_fit_host_names(cloud, message):
     with pytest.raises(HepinfraError, match=message):
         W.check_cloud_name("atlas", cloud)
     W.check_cloud_name("atlas", "cern-prod")
+
+
+class ServerError(Exception):
+    """Shaped like openstacksdk's HttpException: a status code on the exception."""
+
+    def __init__(self, status):
+        super().__init__("HttpException: %d: Server Error" % status)
+        self.status_code = status
+
+
+def flaky(failures, status=500):
+    calls = []
+
+    def call():
+        calls.append(1)
+        if len(calls) <= failures:
+            raise ServerError(status)
+        return "answer"
+    return call, calls
+
+
+@pytest.fixture
+def openstack_provider(monkeypatch):
+    monkeypatch.setattr(_worker_clouds, "RETRY_DELAYS", (0.0, 0.0))
+    cloud = _clouds.normalize([{"name": "os", "type": "openstack", "openstack": {"auth": {
+        "auth_url": "http://k", "username": "u", "password": "p", "project_name": "p",
+        "user_domain_name": "Default", "project_domain_name": "Default"}}}])["os"]
+    return _worker_clouds.OpenStackProvider(cloud, {})
+
+
+def test_a_read_is_repeated_after_a_transient_server_error(openstack_provider):
+    call, calls = flaky(2)
+    assert openstack_provider._call("list servers", call) == "answer"  # pylint: disable=protected-access
+    assert len(calls) == 3
+
+
+def test_a_persistent_server_error_fails_after_the_last_attempt(openstack_provider):
+    call, calls = flaky(5)
+    with pytest.raises(HepinfraError) as error:
+        openstack_provider._call("list servers", call)  # pylint: disable=protected-access
+    assert len(calls) == 3 and "list servers" in str(error.value)
+
+
+@pytest.mark.parametrize("status", [400, 403, 404, 409])
+def test_a_client_error_is_not_repeated(openstack_provider, status):
+    call, calls = flaky(1, status)
+    with pytest.raises(HepinfraError):
+        openstack_provider._call("find image x", call)  # pylint: disable=protected-access
+    assert len(calls) == 1
+
+
+def test_a_create_is_never_repeated(openstack_provider):
+    call, calls = flaky(1, 503)
+    with pytest.raises(HepinfraError):
+        openstack_provider._call("create server x", call, retry=False)  # pylint: disable=protected-access
+    assert len(calls) == 1
