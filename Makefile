@@ -26,7 +26,7 @@ TESTBED := $(BIN)/python -m hepinfra_testbed
 
 # Debian packages the tests and the demo need, installed in one apt-get call.
 APT_PACKAGES := git make rsync podman runc netavark aardvark-dns slirp4netns uidmap fuse-overlayfs \
-	debootstrap zstd iptables dnsmasq-base libvirt-daemon-system libvirt-clients qemu-system-x86 \
+	debootstrap mmdebstrap zstd iptables dnsmasq-base libvirt-daemon-system libvirt-clients qemu-system-x86 \
 	qemu-utils cloud-image-utils libvirt-dev pkg-config gcc python3-dev postgresql redis-server time \
 	libnbd-bin e2fsprogs systemd
 

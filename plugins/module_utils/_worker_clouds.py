@@ -30,6 +30,8 @@ from ansible_collections.hepinfra.cloud.plugins.module_utils._base import Hepinf
 XML_NAMESPACE = "https://hepinfra.cloud/xmlns/worker/1"
 XML_PREFIX = "hepinfra"
 OVERLAY_SUFFIX = ".qcow2"
+# Seconds a worker's disks must be unchanged before they count as leftovers (see leftovers()).
+LEFTOVER_GRACE = 600
 SEED_SUFFIX = "-seed.iso"
 
 
@@ -306,7 +308,7 @@ class LibvirtProvider(Provider):
             self.conn.close()
 
     def _error(self, action: str, exc: Any) -> HepinfraError:
-        return HepinfraError("%s: %s" % (action, exc.get_error_message()), target="cloud %s" % self.cloud.name)
+        return HepinfraError("%s: %s" % (action, exc.get_error_message() or exc), target="cloud %s" % self.cloud.name)
 
     def workers(self, group: str | None) -> list[W.Worker]:
         lv = self.libvirt
@@ -393,10 +395,7 @@ class LibvirtProvider(Provider):
                 created.append(overlay)
                 seed_volume = self.pool.createXML(_images.volume_xml(seed_name, len(seed), self.sparse, "raw"), 0)
                 created.append(seed_volume)
-            stream = self.conn.newStream(0)
-            seed_volume.upload(stream, 0, len(seed), 0)
-            stream.send(seed)
-            stream.finish()
+            self._upload(seed_volume, seed)
             xml = domain_xml(spec, settings, overlay.path(), seed_volume.path(), resolved["network"])
             if self.cloud.libvirt.get("persistent", False):
                 domain = self.conn.defineXML(xml)
@@ -404,17 +403,42 @@ class LibvirtProvider(Provider):
                 domain.create()
             else:
                 domain = self.conn.createXML(xml, 0)
-        except lv.libvirtError as exc:
+        except BaseException as exc:
+            # Whatever failed (libvirt, the connection, an interrupt), nothing of this worker stays.
             for thing in reversed(created):
                 try:
                     if hasattr(thing, "undefine"):
                         thing.undefine()
                     else:
-                        thing.delete(0)
+                        with self.lock:
+                            thing.delete(0)
                 except lv.libvirtError:
                     pass
-            raise self._error("create %s" % spec.name, exc) from None
+            if isinstance(exc, lv.libvirtError):
+                raise self._error("create %s" % spec.name, exc) from None
+            raise
         return W.worker_from(spec.name, spec.metadata, domain.UUIDString(), W.ACTIVE, "running")
+
+    def _upload(self, volume: Any, data: bytes) -> None:
+        """Write data into a volume through a stream; a stream that fails is aborted."""
+        stream = self.conn.newStream(0)
+        try:
+            volume.upload(stream, 0, len(data), 0)
+            offset = 0
+            while offset < len(data):
+                sent = stream.send(data[offset:])
+                if sent is None or sent <= 0:
+                    raise HepinfraError("the upload to volume %s stopped after %d of %d bytes" % (volume.name(), offset,
+                                                                                             len(data)),
+                                        target="cloud %s" % self.cloud.name)
+                offset += sent
+            stream.finish()
+        except BaseException:
+            try:
+                stream.abort()
+            except self.libvirt.libvirtError:
+                pass
+            raise
 
     def delete(self, worker: W.Worker) -> None:
         lv = self.libvirt
@@ -469,7 +493,30 @@ class LibvirtProvider(Provider):
                         names.add(name)
         # A domain of that name that is not ours (or that appeared meanwhile) keeps its disks.
         domains = {domain.name() for domain in self.conn.listAllDomains(0)}
-        return sorted(names - domains)
+        # Disks changed within LEFTOVER_GRACE may belong to a launch of an overlapping run that
+        # has not defined its domain yet: they are left for a later run.
+        cutoff = time.time() - LEFTOVER_GRACE
+        return sorted(name for name in names - domains if self._last_change(name) < cutoff)
+
+    def _last_change(self, name: str) -> float:
+        """The newest modification of a worker's disks (0 when the pool does not say)."""
+        newest = 0.0
+        for suffix in (OVERLAY_SUFFIX, SEED_SUFFIX):
+            with self.lock:
+                try:
+                    text = self.pool.storageVolLookupByName(name + suffix).XMLDesc(0)
+                except self.libvirt.libvirtError:
+                    continue
+            try:
+                stamps = ElementTree.fromstring(text).find("target/timestamps")
+            except ElementTree.ParseError:
+                continue
+            value = stamps.findtext("mtime") if stamps is not None else None
+            try:
+                newest = max(newest, float(value)) if value else newest
+            except ValueError:
+                pass
+        return newest
 
     def mark(self, worker: W.Worker, key: str, value: str) -> None:
         lv = self.libvirt

@@ -186,6 +186,10 @@ def launch_one(run: CloudRun, settings: LaunchSettings, resolved: dict[str, Any]
         text = str(exc) if isinstance(exc, (HepinfraError, _userdata.UserDataError)) else "%s: %s" % (type(exc).__name__, exc)
         with run.lock:
             run.errors.append("%s: %s" % (name, text))
+        if token:
+            # The token was minted and stays valid until it expires: the site must know of it.
+            settings.audit.record("launch_failed", worker, token_expires=W.iso_time(now + settings.token_lifetime),
+                                  reason=text)
         run.event(worker, "failed", text)
         return
     worker.instance_id, worker.cloud_state, worker.cloud_status = created.instance_id, created.cloud_state, created.cloud_status

@@ -34,7 +34,8 @@ description:
     C(HepinfraCloud), C(HepinfraConfig) and C(HepinfraFlavor) in every slot. It is compressed and checked against
     the cloud's user-data limit."
   - Every launch, drain and deletion is appended as one JSON line to O(audit_log) (time, who, event, cloud, group,
-    worker, instance, flavor, image, token identity and expiry, reason).
+    worker, instance, flavor, image, token identity and expiry, reason); so is a launch that failed after its token
+    was minted (event C(launch_failed)).
   - Clouds are worked on at once, launches and deletions on one cloud concurrently up to O(parallel). A quota or
     API failure on one cloud is reported in that cloud's entry of RV(clouds) and does not stop the others; the task
     fails at the end naming each cloud with a failure.
@@ -325,7 +326,7 @@ clouds:
       type: list
       elements: str
     leftovers:
-      description: Workers whose libvirt domain was gone and whose disks were removed (in check mode, would be).
+      description: Workers whose libvirt domain was gone and whose disks, unchanged for 10 minutes, were removed (in check mode, would be).
       type: list
       elements: str
     foreign:

@@ -3,6 +3,10 @@ joins the real pool that the htcondor role deployed, runs a job, and is retired 
 
 One guest under TCG: several minutes. The pool is hepinfra_testbed.pool (central manager and
 submit host in a test host, reached by guests on the pool's own libvirt network).
+
+The same guest proves the user-data a worker gets (the user_data filter's code): every kind of
+part (cloud-config, shell script, boothook, file, CernVM) is checked inside the guest, through
+the guest agent, and cloud-init's own log must show it handled each part.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import base64
 import gzip
 import io
 import json
+import re
 import shutil
 import tempfile
 import time
@@ -18,12 +23,77 @@ from email import message_from_bytes
 from pathlib import Path
 
 import libvirt
+import libvirt_qemu
 import pycdlib
 import pytest
 from hepinfra_testbed import guest, podman, pool
 from hepinfra_testbed.common import wait_for
 
 GROUP = "g2"
+
+# The user's parts, rendered by the module with the worker's context ({% raw %}: Ansible itself
+# must not template them on the way in).
+PARTS = {
+    "cloud-config": """#cloud-config
+# the worker's own record
+write_files:
+  - path: /var/tmp/hepinfra-cloud-config
+    content: |
+      group={{ group }}
+
+      cloud={{ cloud }}
+runcmd:
+  - [sh, -c, "echo {{ hostname }} > /var/tmp/hepinfra-runcmd"]
+""",
+    "shell": """#!/bin/sh
+# comments like this one are stripped
+set -e
+
+cat > /var/tmp/hepinfra-shell <<'END'
+# kept: inside a heredoc
+uuid={{ uuid }}
+END
+systemctl restart condor
+""",
+    "boothook": """#cloud-boothook
+#!/bin/sh
+echo "{{ uuid }}" > /run/hepinfra-boothook
+""",
+    "ucernvm": """[ucernvm-begin]
+# CernVM only
+cvmfs_branch=cernvm-prod.cern.ch
+[ucernvm-end]
+""",
+}
+
+
+def raw(text: str) -> str:
+    return "{% raw %}" + text + "{% endraw %}"
+
+
+def in_guest(conn, name: str, command: str, timeout: float = 600) -> tuple[int, str]:
+    """Run a shell command in a worker through its guest agent channel; (exit code, output)."""
+    dom = conn.lookupByName(name)
+
+    def agent(execute: str, arguments: dict):
+        reply = libvirt_qemu.qemuAgentCommand(dom, json.dumps({"execute": execute, "arguments": arguments}), 30, 0)
+        return json.loads(reply)["return"]
+
+    def started():
+        try:
+            return agent("guest-exec", {"path": "/bin/sh", "arg": ["-c", command], "capture-output": True})
+        except libvirt.libvirtError:  # the agent is not up yet
+            return None
+
+    pid = wait_for(started, timeout=300, interval=3, what=f"the guest agent of {name}")["pid"]
+
+    def finished():
+        status = agent("guest-exec-status", {"pid": pid})
+        return status if status.get("exited") else None
+
+    status = wait_for(finished, timeout=timeout, interval=1, what=command)
+    text = "".join(base64.b64decode(status.get(key, "")).decode(errors="replace") for key in ("out-data", "err-data"))
+    return status.get("exitcode", -1), text
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +149,11 @@ def test_real_worker_joins_runs_a_job_and_is_retired_after_it(htcondor_pool, boo
         "clouds": [cloud], "group": GROUP, "config": "guest",
         "placements": [{"cloud": "lv", "count": 1, "flavor": "w1.guest", "image": "wimg"}],
         "user_data": [
-            {"type": "file", "path": "/etc/condor/config.d/50-hepinfra.conf", "content": "{% raw %}{{ condor_config }}{% endraw %}"},
-            {"type": "shell", "content": "#!/bin/sh\nsystemctl restart condor\n", "template": False},
+            {"type": "cloud-config", "content": raw(PARTS["cloud-config"])},
+            {"type": "boothook", "content": raw(PARTS["boothook"])},
+            {"type": "file", "path": "/etc/condor/config.d/50-hepinfra.conf", "content": raw("{{ condor_config }}")},
+            {"type": "shell", "filename": "start.sh", "content": raw(PARTS["shell"])},
+            {"type": "ucernvm", "content": PARTS["ucernvm"], "template": False},
         ],
         "user_data_context": {"condor_config": htcondor_pool.execute_config},
         "condor": {"trust_domain": htcondor_pool.trust_domain, "central_manager": htcondor_pool.central_manager,
@@ -114,6 +187,9 @@ def test_real_worker_joins_runs_a_job_and_is_retired_after_it(htcondor_pool, boo
     assert ad["Machine"].split(".")[0] == name
     assert ad["AuthenticatedIdentity"] == f"worker-{worker_uuid}@{htcondor_pool.trust_domain}"
 
+    conn = libvirt.open(guest.URI)
+    check_user_data(conn, name, worker_uuid, htcondor_pool.execute_config)
+
     info = run_module("hepinfra.cloud.worker_info", {"clouds": [cloud], "group": GROUP,
                                                      "condor": {"command_prefix": worker_args["condor"]["command_prefix"]}},
                       env=env)
@@ -127,7 +203,6 @@ def test_real_worker_joins_runs_a_job_and_is_retired_after_it(htcondor_pool, boo
         "-constraint", f'HepinfraWorkerUuid == "{worker_uuid}"')), timeout=300, interval=3, what="the job to start")
     down = worker(0, drain_wait=5)
     assert down["clouds"]["lv"]["drained"] == [name] and down["clouds"]["lv"]["deleted"] == []
-    conn = libvirt.open(guest.URI)
     assert conn.lookupByName(name).isActive()
     again = worker(0, drain_wait=0)
     assert again["clouds"]["lv"]["deleted"] == [] and conn.lookupByName(name).isActive()
@@ -193,3 +268,58 @@ def test_workers_that_never_register_are_deleted_first(htcondor_pool, libvirt_cl
                if w["name"] in launched)
     for token in tokens:
         assert token not in up.output + waiting.output + late.output
+
+
+def test_a_launch_that_fails_after_its_token_was_minted_is_audited(htcondor_pool, libvirt_cloud, run_module,
+                                                                      tmp_path):
+    """A part that cannot be rendered fails the launch after the token was minted: the token stays
+    valid until it expires, so the audit log names it; nothing was created and no token is shown."""
+    cloud, path = libvirt_cloud
+    env = {"CONTAINERS_CONF": str(podman.containers_conf())}
+    audit = tmp_path / "audit.jsonl"
+    task = {"clouds": [cloud], "group": GROUP, "config": "broken",
+            "placements": [{"cloud": "lv", "count": 1, "flavor": "w1.tiny", "image": "wimg"}],
+            "user_data": [{"type": "shell", "content": raw("#!/bin/sh\necho {{ no_such_variable }}\n")}],
+            "condor": {"trust_domain": htcondor_pool.trust_domain,
+                       "command_prefix": ["podman", "exec", htcondor_pool.container], "token_lifetime": 600},
+            "audit_log": str(audit)}
+    outcome = run_module("hepinfra.cloud.worker", task, env=env, verbosity=3)
+    assert outcome.failed and "no_such_variable" in outcome.msg, outcome.msg
+    report = outcome.result["clouds"]["lv"]
+    assert report["launched"] == [] and len(report["errors"]) == 1
+    assert not [v for v in path.iterdir() if v.name.startswith(f"{GROUP}--")]
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [r["event"] for r in records] == ["launch_failed"]
+    worker_uuid = records[0]["uuid"]
+    assert records[0]["token_identity"] == f"worker-{worker_uuid}@{htcondor_pool.trust_domain}"
+    assert records[0]["token_expires"] and "no_such_variable" in records[0]["reason"]
+    assert "eyJ" not in outcome.output + json.dumps(outcome.result) + audit.read_text()  # no JWT anywhere
+
+
+def check_user_data(conn, name: str, worker_uuid: str, condor_config: str) -> None:
+    """Each user-data part did its work in the guest, and cloud-init handled each by its type."""
+    def sh(command: str) -> str:
+        return in_guest(conn, name, command)[1]
+
+    code, status = in_guest(conn, name, "cloud-init status --wait --long")
+    # the CernVM part is for CernVM only: cloud-init on Debian skips it with a warning (status 2, degraded)
+    assert code in (0, 2), status
+    log = sh("cat /var/log/cloud-init.log")
+    assert "Unhandled unknown content-type (text/ucernvm)" in log
+    # cloud-config: its write_files (blank line of the block scalar kept) and runcmd, with the worker's context
+    assert sh("cat /var/tmp/hepinfra-cloud-config") == f"group={GROUP}\n\ncloud=lv\n"
+    assert sh("cat /var/tmp/hepinfra-runcmd").strip() == name
+    assert sh("hostname").strip() == name
+    # shell script: ran, heredoc body byte-exact (its comment kept, the script's own stripped)
+    assert sh("cat /var/tmp/hepinfra-shell") == f"# kept: inside a heredoc\nuuid={worker_uuid}\n"
+    # boothook: ran early, with the rendered UUID
+    assert sh("cat /run/hepinfra-boothook").strip() == worker_uuid
+    # file parts, the user's and the module's: byte-exact, merged with the cloud-config's write_files
+    assert sh("cat /etc/condor/config.d/50-hepinfra.conf") == condor_config
+    assert f'HepinfraWorkerUuid = "{worker_uuid}"' in sh("cat /etc/condor/config.d/55-hepinfra-worker.conf")
+    assert sh("stat -c %a:%U /etc/condor/tokens.d/hepinfra-worker").strip() == "600:root"
+    # cloud-init's log shows each part handed to its handler, by MIME type and file name
+    for ctype, filename in (("text/cloud-config", r"\S+"), ("text/cloud-boothook", r"\S+"),
+                            ("text/x-shellscript", "start.sh"), ("text/cloud-config", "write-files.cfg")):
+        assert re.search(r"Calling handler \S+: \[.*\] \(%s, %s, \d\)" % (re.escape(ctype), filename), log), \
+            "cloud-init.log shows no handler for %s %s:\n%s" % (ctype, filename, log[-6000:])

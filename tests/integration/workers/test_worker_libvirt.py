@@ -10,7 +10,9 @@ import base64
 import gzip
 import io
 import json
+import os
 import re
+import time
 import uuid
 from email import message_from_bytes
 
@@ -173,8 +175,18 @@ def test_lost_domain_disks_are_removed_and_replaced(libvirt_cloud, run_module, t
     again = run_module("hepinfra.cloud.worker", args(cloud, 2, audit_log=str(tmp_path / "a")))
     ok(again)
     report = again.result["clouds"]["lv"]
-    assert report["leftovers"] == [lost] and len(report["launched"]) == 1
-    assert f"{lost}.qcow2" not in volumes(path)
+    # fresh disks without a domain may be an overlapping run's launch in progress: kept for now
+    assert report["leftovers"] == [] and len(report["launched"]) == 1
+    assert f"{lost}.qcow2" in volumes(path) and f"{lost}-seed.iso" in volumes(path)
+    assert len(domains()) == 2
+    old = time.time() - 3600                       # as if the domain had been lost an hour ago
+    for suffix in (".qcow2", "-seed.iso"):
+        os.utime(path / f"{lost}{suffix}", (old, old))
+    later = run_module("hepinfra.cloud.worker", args(cloud, 2, audit_log=str(tmp_path / "a")))
+    ok(later)
+    report = later.result["clouds"]["lv"]
+    assert report["leftovers"] == [lost] and report["launched"] == []
+    assert f"{lost}.qcow2" not in volumes(path) and f"{lost}-seed.iso" not in volumes(path)
     assert len(domains()) == 2
     run_module("hepinfra.cloud.worker", {**args(cloud, 0, audit_log=str(tmp_path / "a")), "state": "absent"})
     assert not domains()

@@ -6,6 +6,7 @@ test_worker_guest.py); the API side is real: servers, metadata, quotas, errors, 
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -75,8 +76,13 @@ def test_count_up_and_down_leaves_a_look_alike_alone(os_cloud, alpha, run_module
     lookalike = alpha.compute.create_server(
         name=f"{GROUP}--os--{uuid.uuid4()}", flavor_id=alpha.compute.find_flavor("w1.small").id,
         image_id=alpha.image.find_image("wimg").id, networks=[{"uuid": alpha.network.find_network("private").id}])
-    up = ok(run_module("hepinfra.cloud.worker", args(os_cloud, 4, tmp_path)))
+    launch = run_module("hepinfra.cloud.worker", args(os_cloud, 4, tmp_path), verbosity=3)
+    up = ok(launch)
     report = up["clouds"]["os"]
+    # the cloud's password is in the task's arguments: never in its result or output, even with -vvv
+    password = os_cloud["openstack"]["auth"]["password"]
+    assert password not in launch.output and password not in json.dumps(up)
+    assert password not in (tmp_path / "audit.jsonl").read_text()
     assert len(report["launched"]) == 4 and report["foreign"] == [lookalike.name]
     servers = ours(alpha)
     for name in report["launched"]:
