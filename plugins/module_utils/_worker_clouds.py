@@ -428,9 +428,8 @@ class LibvirtProvider(Provider):
             while offset < len(data):
                 sent = stream.send(data[offset:])
                 if sent is None or sent <= 0:
-                    raise HepinfraError("the upload to volume %s stopped after %d of %d bytes" % (volume.name(), offset,
-                                                                                             len(data)),
-                                        target="cloud %s" % self.cloud.name)
+                    message = "the upload to volume %s stopped after %d of %d bytes" % (volume.name(), offset, len(data))
+                    raise HepinfraError(message, target="cloud %s" % self.cloud.name)
                 offset += sent
             stream.finish()
         except BaseException:

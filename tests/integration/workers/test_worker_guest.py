@@ -270,8 +270,8 @@ def test_workers_that_never_register_are_deleted_first(htcondor_pool, libvirt_cl
         assert token not in up.output + waiting.output + late.output
 
 
-def test_a_launch_that_fails_after_its_token_was_minted_is_audited(htcondor_pool, libvirt_cloud, run_module,
-                                                                      tmp_path):
+def test_a_launch_that_fails_after_its_token_was_minted_is_audited(
+        htcondor_pool, libvirt_cloud, run_module, tmp_path):
     """A part that cannot be rendered fails the launch after the token was minted: the token stays
     valid until it expires, so the audit log names it; nothing was created and no token is shown."""
     cloud, path = libvirt_cloud
