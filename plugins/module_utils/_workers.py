@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import re
+import stat
 import subprocess
 import time
 import uuid as uuid_module
@@ -479,7 +480,8 @@ class AuditLog:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX)
                 os.write(descriptor, line.encode())
-                os.fsync(descriptor)
+                if stat.S_ISREG(os.fstat(descriptor).st_mode):  # not a pipe, FIFO or /dev/null
+                    os.fsync(descriptor)
             finally:
                 os.close(descriptor)
         except OSError as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 
 import pytest
 
@@ -141,6 +142,13 @@ def test_audit_log_appends_json_lines(tmp_path):
     lines = [json.loads(line) for line in (tmp_path / "sub" / "audit.jsonl").read_text().splitlines()]
     assert [entry["event"] for entry in lines] == ["launch", "delete"]
     assert lines[0]["who"] == "tester" and lines[0]["worker"] == worker(1).name
+
+
+def test_audit_log_to_a_device_or_pipe_is_no_error(tmp_path):
+    """/dev/null (a site that keeps no log) and a FIFO read by a shipper cannot be fsynced."""
+    log = W.AuditLog(os.devnull, "tester")
+    log.record("launch", worker(1), reason="count 1")
+    assert log.errors == [] and len(log.records) == 1
 
 
 def test_libvirt_metadata_round_trip():
