@@ -139,7 +139,7 @@ def test_real_worker_joins_runs_a_job_and_is_retired_after_it(htcondor_pool, boo
                                                               run_module, tmp_path):
     # pylint: disable=too-many-locals,too-many-statements
     disk, kernel, initrd = boot_files
-    cloud, path = libvirt_cloud_factory(disk, flavors={"w1.guest": {"vcpus": 1, "memory_mb": 1024}},
+    cloud, path = libvirt_cloud_factory(disk, flavors={"w1.guest": {"vcpus": 2, "memory_mb": 1024}},
                                         network=htcondor_pool.network,
                                         boot={"kernel": str(kernel), "initrd": str(initrd),
                                               "cmdline": "root=/dev/vda rw console=ttyS0 quiet"})
@@ -195,10 +195,12 @@ def test_real_worker_joins_runs_a_job_and_is_retired_after_it(htcondor_pool, boo
                       env=env)
     assert [(w["name"], w["pool_state"]) for w in info.result["workers"]] == [(name, "idle")]
 
-    # A job that runs a while keeps the worker busy: lowering the count drains it but does not delete it.
+    # A job that runs until the test lets it end keeps the worker busy: lowering the count drains
+    # the worker but does not delete it.
     cluster = htcondor_pool.submit(
-        f'executable = /bin/sleep\narguments = 75\nrequirements = HepinfraGroup == "{GROUP}"\n'
-        "request_cpus = 1\nrequest_memory = 64\nqueue\n")
+        "executable = /usr/bin/timeout\ntransfer_executable = false\n"
+        "arguments = \"600 /bin/sh -c 'until [ -e /run/hepinfra-release ]; do sleep 1; done'\"\n"
+        f'requirements = HepinfraGroup == "{GROUP}"\nrequest_cpus = 1\nrequest_memory = 64\nqueue\n')
     wait_for(lambda: any(s.get("State") == "Claimed" for s in htcondor_pool.status(
         "-constraint", f'HepinfraWorkerUuid == "{worker_uuid}"')), timeout=300, interval=3, what="the job to start")
     down = worker(0, drain_wait=5)
@@ -206,6 +208,7 @@ def test_real_worker_joins_runs_a_job_and_is_retired_after_it(htcondor_pool, boo
     assert conn.lookupByName(name).isActive()
     again = worker(0, drain_wait=0)
     assert again["clouds"]["lv"]["deleted"] == [] and conn.lookupByName(name).isActive()
+    assert in_guest(conn, name, "touch /run/hepinfra-release")[0] == 0
 
     # Once the job is done the next run deletes the worker, its disks and its seed.
     wait_for(lambda: not htcondor_pool.run(["condor_q", "-af", "ClusterId", str(cluster)],
