@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from . import guest, images, netbox, openstack, podman, pool, storage
-from .common import TestbedError, log
+from .common import TestbedError, log, release_service_ports
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
                                   ("NetBox", netbox.down)):
                 if stop():
                     log(f"stopped {service}")
+            if release_service_ports():
+                log("gave ports 58000-58999 back to the ephemeral range")
     except TestbedError as exc:
         print(f"testbed: {exc}", file=sys.stderr)
         return 1

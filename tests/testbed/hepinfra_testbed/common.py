@@ -46,6 +46,41 @@ def state_dir() -> Path:
     return path
 
 
+# The services listen on loopback ports 58000-58999 (NetBox 58080, S3 58300-58307, OpenStack
+# 58500-58523), inside Linux's ephemeral range (32768-60999): any outgoing connection on the
+# machine may take one of them as its local port, and a service that starts then finds its port
+# in use (RabbitMQ's distribution port did so once in CI). Reserving the range keeps the kernel
+# from handing these ports to outgoing connections; teardown gives it back.
+SERVICE_PORTS = "58000-58999"
+_RESERVED = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+
+
+def reserve_service_ports() -> None:
+    """Keep SERVICE_PORTS out of the ephemeral range (needs root; without it, only a note)."""
+    try:
+        current = [entry for entry in _RESERVED.read_text().strip().split(",") if entry]
+    except OSError:
+        return
+    if SERVICE_PORTS in current:
+        return
+    try:
+        _RESERVED.write_text(",".join([*current, SERVICE_PORTS]))
+    except OSError as exc:
+        log(f"could not reserve ports {SERVICE_PORTS} from ephemeral use ({exc}): a service may find its port taken")
+
+
+def release_service_ports() -> bool:
+    """Undo reserve_service_ports(); True when there was something to undo."""
+    try:
+        current = [entry for entry in _RESERVED.read_text().strip().split(",") if entry]
+        if SERVICE_PORTS not in current:
+            return False
+        _RESERVED.write_text(",".join(entry for entry in current if entry != SERVICE_PORTS) or "\n")
+        return True
+    except OSError:
+        return False
+
+
 def log(message: str) -> None:
     stamp = time.strftime("%H:%M:%S")
     print(f"[testbed {stamp}] {message}", file=sys.stderr, flush=True)

@@ -25,7 +25,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .common import TestbedError, cache_dir, log, recipe_hash, run, wait_for
+from .common import TestbedError, cache_dir, log, recipe_hash, reserve_service_ports, run, wait_for
 
 NETBOX_VERSION = "4.7.3"
 GUNICORN_VERSION = "26.2.0"
@@ -280,6 +280,7 @@ def _alive(pid: int) -> bool:
 
 def up(snapshot_path: Path | None = None) -> Instance:
     """Start PostgreSQL, Redis and NetBox with the given snapshot (or the empty base)."""
+    reserve_service_ports()
     down()
     work = _work()
     work.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from .common import TestbedError, cache_dir, log, recipe_hash, run, state_dir, wait_for
+from .common import TestbedError, cache_dir, log, recipe_hash, reserve_service_ports, run, state_dir, wait_for
 
 KEYSTONE_PORT = 58500
 GLANCE_PORTS = {"RegionOne": 58501, "RegionTwo": 58502}
@@ -1099,6 +1099,7 @@ def up(compute: bool = False) -> OpenStack:
     RabbitMQ, with the flavors FLAVORS and the shared network NETWORK (see compute_info()).
     A running set with compute serves a call without it as it is.
     """
+    reserve_service_ports()
     with _locked():
         current = _running()
         if current and (current.compute or not compute):

@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .common import TestbedError, cache_dir, log, run, state_dir, wait_for
+from .common import TestbedError, cache_dir, log, reserve_service_ports, run, state_dir, wait_for
 
 RESTIC_SUITE = "trixie"
 MIRROR = "http://deb.debian.org/debian"
@@ -114,6 +114,7 @@ def _listening(port: int) -> bool:
 
 def s3_up() -> S3:
     """Start SeaweedFS with an S3 gateway on loopback (or reuse the one already running)."""
+    reserve_service_ports()
     if _state().exists():
         info = S3(**json.loads(_state().read_text()))
         if Path(f"/proc/{info.pid}").exists() and _listening(S3_PORT):

@@ -7,12 +7,15 @@ stands on these behaviours, so they are checked against the real thing here.
 from __future__ import annotations
 
 import json
+import socket
 import stat
 import uuid
+from pathlib import Path
 
 import pytest
 
 from hepinfra_testbed import guest, podman
+from hepinfra_testbed import common
 from hepinfra_testbed.common import LABEL, TestbedError, run
 
 RUN_ID = uuid.uuid4().hex[:6]
@@ -79,6 +82,30 @@ def test_teardown_removes_only_what_the_testbed_created(network):
     finally:
         podman.podman("rm", "-f", "-t", "0", foreign, check=False)
         podman.host_down(ours)
+
+
+def test_service_ports_are_kept_out_of_the_ephemeral_range():
+    """Outgoing connections must never take a port a testbed service is about to listen on."""
+    reserved = Path("/proc/sys/net/ipv4/ip_local_reserved_ports")
+    low, high = (int(part) for part in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    first, last = (int(part) for part in common.SERVICE_PORTS.split("-"))
+    assert low <= first and last <= high  # the reason for the reservation: inside the ephemeral range
+    before = reserved.read_text().strip()
+    try:
+        common.reserve_service_ports()
+        assert common.SERVICE_PORTS in reserved.read_text().strip().split(",")
+        common.reserve_service_ports()  # idempotent
+        assert reserved.read_text().strip().split(",").count(common.SERVICE_PORTS) == 1
+        # the kernel keeps them from clients: 2,000 outgoing binds to port 0 never get one
+        taken = []
+        for _attempt in range(2000):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                taken.append(sock.getsockname()[1])
+        assert not [port for port in taken if first <= port <= last]
+    finally:
+        if common.SERVICE_PORTS not in before.split(","):
+            common.release_service_ports()
 
 
 def test_containers_conf_fits_this_machine():
