@@ -634,6 +634,18 @@ def parse_volume_name(volume: str) -> tuple[str, str, str, str] | None:
     return match.group("name"), match.group("version"), match.group("sha"), match.group("fmt")
 
 
+def stream_send(stream: Any, data: bytes, what: str) -> int:
+    """Send all of data into a libvirt stream (send may take part of it); returns the bytes sent."""
+    total = 0
+    while data:
+        sent = stream.send(data)
+        if sent is None or sent <= 0:
+            raise HepinfraError("the upload stream to %s refused data after %d bytes" % (what, total))
+        total += sent
+        data = data[sent:]
+    return total
+
+
 def volume_xml(name: str, capacity: int, sparse: bool = True, fmt: str = "raw") -> str:
     from xml.sax.saxutils import escape  # pylint: disable=import-outside-toplevel
 
@@ -758,12 +770,7 @@ class LibvirtTarget(Target):
                     if self.sparse and len(chunk) == CHUNK and chunk == ZERO_CHUNK:
                         stream.sendHole(len(chunk), 0)
                         continue
-                    while chunk:
-                        sent = stream.send(chunk)
-                        if sent < 0:
-                            raise HepinfraError("the upload stream to %s refused data" % name)
-                        self.bytes_sent += sent
-                        chunk = chunk[sent:]
+                    self.bytes_sent += stream_send(stream, chunk, name)
                 reader.outcome()  # complete and what was hashed, or the volume is thrown away
                 stream.finish()
             except BaseException:

@@ -424,13 +424,7 @@ class LibvirtProvider(Provider):
         stream = self.conn.newStream(0)
         try:
             volume.upload(stream, 0, len(data), 0)
-            offset = 0
-            while offset < len(data):
-                sent = stream.send(data[offset:])
-                if sent is None or sent <= 0:
-                    message = "the upload to volume %s stopped after %d of %d bytes" % (volume.name(), offset, len(data))
-                    raise HepinfraError(message, target="cloud %s" % self.cloud.name)
-                offset += sent
+            _images.stream_send(stream, data, "volume %s" % volume.name())
             stream.finish()
         except BaseException:
             try:
