@@ -143,7 +143,7 @@ netbox-down: ## stop the NetBox that netbox-up or the tests started
 # -- benchmarks (figures printed, never asserted) --------------------------------------------
 
 .PHONY: bench
-bench: bench-inventory bench-backup bench-image bench-workers ## every benchmark
+bench: bench-inventory bench-backup bench-image bench-workers bench-demand ## every benchmark
 
 .PHONY: bench-inventory
 bench-inventory: bootstrap ## 10,000 NetBox hosts: hepinfra.cloud.cmdb vs nb_inventory, cold and cached
@@ -160,6 +160,10 @@ bench-image: bootstrap ## a 1 GiB image onto 1 and onto 3 clouds (2 Glance + lib
 .PHONY: bench-workers
 bench-workers: bootstrap ## 100 workers on OpenStack (Nova fake driver): hepinfra.cloud.worker vs a loop of openstack.cloud.server; 100 libvirt domains
 	$(BIN)/python tests/bench/bench_workers.py
+
+.PHONY: bench-demand
+bench-demand: bootstrap ## the scaling decision over 100,000 idle jobs in 500 shapes on 30 clouds: wall time and memory
+	$(BIN)/python tests/bench/bench_demand.py
 
 .PHONY: molecule
 molecule: bootstrap ## molecule test for one role: make molecule ROLE=x [SCENARIO=y] [MOLECULE_COMMAND=converge]

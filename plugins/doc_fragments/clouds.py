@@ -180,6 +180,14 @@ options:
                 of M(hepinfra.cloud.worker)).
             type: bool
             default: false
+          console_log:
+            description:
+              - A directory on the hypervisor where each worker's serial console is written, as
+                C(<worker name>.console.log), by libvirt's log daemon (virtlogd); the place to look when a worker
+                does not join the pool.
+              - The files stay when their worker is deleted; removing old ones is the site's (logrotate, tmpfiles.d).
+              - When unset, the console is not recorded.
+            type: str
       limits:
         description:
           - What the site may use on this cloud. Unset limits are unlimited.

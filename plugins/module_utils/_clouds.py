@@ -85,6 +85,7 @@ CLOUD_OPTIONS: dict[str, dict[str, Any]] = {
                 },
             },
             "persistent": {"type": "bool", "default": False},
+            "console_log": {"type": "str"},
         },
     },
     "limits": {
@@ -270,6 +271,10 @@ def normalize(raw_clouds: list[dict[str, Any]]) -> dict[str, Cloud]:
                 problems.append("%s: type libvirt needs a 'libvirt' section with uri and pool" % label)
             else:
                 problems += _check_flavors(label, raw["libvirt"].get("flavors"))
+                console_log = raw["libvirt"].get("console_log")
+                if console_log is not None and not str(console_log).startswith("/"):
+                    problems.append("%s: libvirt.console_log must be an absolute directory on the hypervisor, not %r"
+                                    % (label, console_log))
             if raw.get("openstack"):
                 problems.append("%s: an openstack section on a libvirt cloud" % label)
         else:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import io
+import posixpath
 import re
 import threading
 import time
@@ -257,6 +258,10 @@ def domain_xml(spec: Launch, settings: dict[str, Any], overlay_path: str, seed_p
         os_lines.append("<cmdline>%s</cmdline>" % escape(boot.get("cmdline") or "root=/dev/vda rw console=ttyS0"))
     else:
         os_lines.append("<boot dev='hd'/>")
+    console_log = ""
+    if settings.get("console_log"):
+        console_log = "<log file=%s append='on'/>" % quoteattr(
+            posixpath.join(settings["console_log"], spec.name + ".console.log"))
     interface = ""
     if network:
         interface = "<interface type='network'><source network=%s/><model type='virtio'/></interface>" % quoteattr(network)
@@ -274,7 +279,8 @@ def domain_xml(spec: Launch, settings: dict[str, Any], overlay_path: str, seed_p
         + "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file=%s/>"
           "<target dev='sda' bus='sata'/><readonly/></disk>" % quoteattr(seed_path)
         + interface
-        + "<serial type='pty'><target port='0'/></serial><console type='pty'><target type='serial' port='0'/></console>"
+        + "<serial type='pty'>%s<target port='0'/></serial>" % console_log
+        + "<console type='pty'><target type='serial' port='0'/></console>"
         + "<channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>"
         + "</devices></domain>"
     )
@@ -383,7 +389,7 @@ class LibvirtProvider(Provider):
         overlay_name, seed_name = spec.name + OVERLAY_SUFFIX, spec.name + SEED_SUFFIX
         seed = seed_iso(spec.user_data, spec.uuid, spec.name, self.libraries["pycdlib"])
         settings = dict(resolved["flavor"])
-        settings.update({key: self.cloud.libvirt.get(key) for key in ("domain_type", "machine", "boot")})
+        settings.update({key: self.cloud.libvirt.get(key) for key in ("domain_type", "machine", "boot", "console_log")})
         created: list[Any] = []
         try:
             with self.lock:

@@ -1,5 +1,6 @@
-"""A real worker: the worker module boots one from the Debian 13 + HTCondor image on a libvirt cloud, it
-joins the real pool that the htcondor role deployed, runs a job, and is retired only once the job is done.
+"""A real worker: the worker module boots one from the image of playbooks/worker_image.yml (Debian 13
+with HTCondor) on a libvirt cloud, it joins the real pool that the htcondor role deployed, runs a
+job, and is retired only once the job is done.
 
 One guest under TCG: several minutes. The pool is hepinfra_testbed.pool (central manager and
 submit host in a test host, reached by guests on the pool's own libvirt network).
@@ -15,8 +16,11 @@ import base64
 import gzip
 import io
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from email import message_from_bytes
@@ -27,7 +31,7 @@ import libvirt_qemu
 import pycdlib
 import pytest
 from hepinfra_testbed import guest, podman, pool
-from hepinfra_testbed.common import wait_for
+from hepinfra_testbed.common import cache_dir, wait_for
 
 GROUP = "g2"
 
@@ -103,16 +107,35 @@ def htcondor_pool():
     pool.pool_down()
 
 
+@pytest.fixture(scope="module")
+def worker_image():
+    """The worker image as the project builds it: playbooks/worker_image.yml, kept between runs in the
+    testbed's cache (the playbook itself decides whether its recipe changed). A second run must change nothing."""
+    where = cache_dir() / "worker-image"
+
+    def play():
+        done = subprocess.run(["ansible-playbook", "-i", "localhost,", "-c", "local", "hepinfra.cloud.worker_image",
+                               "-e", json.dumps({"worker_image_dir": str(where)})],
+                              capture_output=True, text=True, check=False, timeout=1800,
+                              env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_PYTHON_INTERPRETER=sys.executable))
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        return done.stdout
+
+    play()
+    again = play()
+    assert re.search(r"localhost\s*: ok=\d+\s+changed=0\s", again), again[-2000:]
+    return where
+
+
 @pytest.fixture
-def boot_files():
-    """The worker image's kernel and initrd where QEMU (its own user) can read them."""
-    files = guest.guest_image(extra_packages=pool.WORKER_PACKAGES)
+def boot_files(worker_image):
+    """The worker image, and its kernel and initrd where QEMU (its own user) can read them."""
     where = Path(tempfile.mkdtemp(prefix=f"{guest.PREFIX}-boot-"))
     where.chmod(0o711)
-    for key in ("kernel", "initrd"):
-        shutil.copy(files[key], where / files[key].name)
-        (where / files[key].name).chmod(0o644)
-    yield files["disk"], where / files["kernel"].name, where / files["initrd"].name
+    for name in ("vmlinuz", "initrd.img"):
+        shutil.copy(worker_image / name, where / name)
+        (where / name).chmod(0o644)
+    yield worker_image / "disk.qcow2", where / "vmlinuz", where / "initrd.img", where
     shutil.rmtree(where, ignore_errors=True)
 
 
@@ -138,9 +161,9 @@ def seed_token(pool_path: Path, name: str) -> str:
 def test_real_worker_joins_runs_a_job_and_is_retired_after_it(htcondor_pool, boot_files, libvirt_cloud_factory,
                                                               run_module, tmp_path):
     # pylint: disable=too-many-locals,too-many-statements
-    disk, kernel, initrd = boot_files
+    disk, kernel, initrd, where = boot_files
     cloud, path = libvirt_cloud_factory(disk, flavors={"w1.guest": {"vcpus": 2, "memory_mb": 1024}},
-                                        network=htcondor_pool.network,
+                                        network=htcondor_pool.network, console_log=str(where),
                                         boot={"kernel": str(kernel), "initrd": str(initrd),
                                               "cmdline": "root=/dev/vda rw console=ttyS0 quiet"})
     env = {"CONTAINERS_CONF": str(podman.containers_conf())}
@@ -170,12 +193,17 @@ def test_real_worker_joins_runs_a_job_and_is_retired_after_it(htcondor_pool, boo
                              env=env, verbosity=3)
         outputs.append(outcome.output + json.dumps(outcome.result))
         if outcome.rc != 0 or outcome.failed:
-            pytest.fail("%s\n%s" % (outcome.msg, outcome.output[-3000:]), pytrace=False)
+            consoles = "".join("\n--- %s (last 6000 characters)\n%s" % (log.name, log.read_text(errors="replace")[-6000:])
+                               for log in sorted(where.glob("*.console.log")))
+            pytest.fail("%s\n%s%s" % (outcome.msg, outcome.output[-3000:], consoles), pytrace=False)
         return outcome.result
 
     started = time.monotonic()
     up = worker(1, wait="registered", wait_timeout=900)
     name = up["clouds"]["lv"]["launched"][0]
+    # The cloud's console_log setting: virtlogd records the worker's serial console.
+    console = (where / f"{name}.console.log").read_text(errors="replace")
+    assert "Cloud-init v." in console and f"{name} login:" in console, console[-2000:]
     worker_uuid = name.split("--")[2]
     print(f"worker registered {time.monotonic() - started:.0f} s after the launch")
 

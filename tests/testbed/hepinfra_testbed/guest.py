@@ -171,31 +171,30 @@ def daemon_up() -> None:
 
 
 def _kvm_device_like_udev() -> None:
-    """Give /dev/kvm the group Debian's udev rule gives it (kvm, 0660) when no udev ran.
+    """Give /dev/kvm the owner and mode Debian's udev rule gives it (group kvm, 0660) when no udev ran.
 
-    On these machines /dev/kvm belongs to a group that does not exist here. libvirt then
-    finds that the QEMU user cannot open it, decides on every define that its cached QEMU
-    capabilities (probed with KVM) are stale and probes QEMU again: about 48 s per define.
-    With the group udev would set, the cache stays valid and a define takes milliseconds.
-    Guests still run under TCG (type 'qemu'): this KVM cannot boot them (see TESTBED.md).
+    On these machines /dev/kvm comes as root 0600 or with a group that does not exist here.
+    libvirt then finds that the QEMU user cannot open it, decides on every define or start that its
+    cached QEMU capabilities (probed with KVM) are stale and probes QEMU again: 48 s to over 2 minutes
+    per domain. With the group and mode udev would set, the cache stays valid and a define takes
+    milliseconds. Guests still run under TCG (type 'qemu'): this KVM cannot boot them (see TESTBED.md).
     """
     import grp  # pylint: disable=import-outside-toplevel
+    import stat  # pylint: disable=import-outside-toplevel
 
     kvm = Path("/dev/kvm")
     if not kvm.exists():
         return
     try:
-        grp.getgrgid(kvm.stat().st_gid)
-        return  # a known group: udev (or an admin) set it up
-    except KeyError:
-        pass
-    try:
         group = grp.getgrnam("kvm")
     except KeyError:
         return
+    info = kvm.stat()
+    if info.st_gid == group.gr_gid and stat.S_IMODE(info.st_mode) & 0o060 == 0o060:
+        return  # as udev (or an admin) set it up
     os.chown(kvm, 0, group.gr_gid)
     kvm.chmod(0o660)
-    log("/dev/kvm had no known group: set to kvm 0660 as udev would")
+    log("/dev/kvm was not group kvm 0660: set as udev would")
 
 
 def _active_networks() -> list[str]:

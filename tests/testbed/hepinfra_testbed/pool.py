@@ -49,8 +49,6 @@ BRIDGE_ADDRESS = str(SUBNET.network_address + 1)
 HOST = f"{PREFIX}-pool-cm"
 TRUST_DOMAIN = "hepinfra-tb-pool"
 SUBMIT_USER = "submitter"
-# Extra packages of the worker guest image: guest.guest_up(..., extra_packages=WORKER_PACKAGES).
-WORKER_PACKAGES = ("htcondor",)
 
 # Test speed: negotiation every 2 s, schedd and startd updates every few seconds, no benchmarks.
 FAST_CONFIG: dict[str, object] = {

@@ -173,6 +173,17 @@ def test_guest_writes_to_its_overlay_never_the_golden_image(booted_guest):
     assert info[0]["actual-size"] > 8 << 20
 
 
+def test_kvm_device_lets_libvirt_keep_its_capabilities(libvirt_daemon):  # pylint: disable=redefined-outer-name,unused-argument
+    """Without udev, /dev/kvm must still get group kvm 0660, or libvirt probes QEMU again on every domain start."""
+    import grp  # pylint: disable=import-outside-toplevel
+
+    kvm = Path("/dev/kvm")
+    if not kvm.exists():
+        pytest.skip("this machine has no /dev/kvm: libvirt never probes KVM, nothing to set up")
+    assert kvm.stat().st_gid == grp.getgrnam("kvm").gr_gid
+    assert stat.S_IMODE(kvm.stat().st_mode) & 0o060 == 0o060
+
+
 def test_guest_teardown_refuses_foreign_domains(libvirt_daemon):  # pylint: disable=redefined-outer-name,unused-argument
     import libvirt  # pylint: disable=import-outside-toplevel
 

@@ -170,6 +170,18 @@ def test_libvirt_flavors_are_checked():
     assert "libvirt.flavors.c: unknown key gpu" in text
 
 
+def test_console_log_goes_into_the_domain_and_must_be_absolute():
+    spec = _worker_clouds.Launch(name="g1--hv--u1", uuid="00000000-0000-4000-8000-000000000001",
+                                 metadata={}, user_data=b"", flavor="f", image="img")
+    settings = {"vcpus": 1, "memory_mb": 512}
+    assert "<log " not in _worker_clouds.domain_xml(spec, settings, "/p/o.qcow2", "/p/s.iso", None)
+    xml = _worker_clouds.domain_xml(spec, {**settings, "console_log": "/var/log/workers"}, "/p/o", "/p/s", None)
+    assert "<serial type='pty'><log file=\"/var/log/workers/g1--hv--u1.console.log\" append='on'/>" in xml
+    with pytest.raises(HepinfraError, match="console_log must be an absolute directory"):
+        _clouds.normalize([{"name": "hv", "type": "libvirt", "libvirt": {
+            "uri": "qemu:///system", "pool": "p", "console_log": "logs"}}])
+
+
 def test_drained_slots_mean_the_worker_can_go():
     target = worker(1, draining=True)
     W.attach_slots([target], [slot(target, "Drained", Activity="Retiring"), slot(target, "Claimed", DynamicSlot=True)])
