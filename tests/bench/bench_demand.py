@@ -34,7 +34,7 @@ def site(jobs: int, shapes: int, clouds: int, seed: int = 7):
                           rng.choice([0, 0, 10240, 51200]),
                           tuple(sorted(rng.sample(cloud_names, 3))) if rng.random() < 0.2 else ()))
     kinds_list = sorted(kinds)
-    idle_jobs = [(rng.choice(kinds_list), 1) for _ in range(jobs)]
+    idle_jobs = [(rng.choice(kinds_list), 1) for _index in range(jobs)]
     sizes = [(1, 2048), (2, 4096), (4, 8192), (8, 16384), (8, 32768), (16, 32768), (16, 65536), (32, 131072)]
     cloud_list = [D.Cloud(name, rng.randint(0, 5), [D.Flavor("f%d" % i, c, m, rng.choice([0, 40, 160]))
                                                     for i, (c, m) in enumerate(sizes)],
@@ -58,7 +58,7 @@ def main() -> None:
     jobs, shapes, clouds = (int(a) for a in (sys.argv[1:] + ["100000", "500", "30"][len(sys.argv) - 1:])[:3])
     idle_jobs, cloud_list, workers = site(jobs, shapes, clouds)
     times = []
-    for _ in range(5):
+    for _run in range(5):
         gc.collect()
         started = time.perf_counter()
         result = decide(idle_jobs, cloud_list, workers)
@@ -69,7 +69,7 @@ def main() -> None:
     _current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     launched = sum(item.count for item in result.launches)
-    print(f"bench-demand: {jobs} idle jobs in {len({s for s, _ in idle_jobs})} shapes, {clouds} clouds, "
+    print(f"bench-demand: {jobs} idle jobs in {len({shape for shape, _count in idle_jobs})} shapes, {clouds} clouds, "
           f"{len(workers)} workers")
     print(f"  decision: best {min(times) * 1000:.1f} ms, median {sorted(times)[2] * 1000:.1f} ms (5 runs; target < 1000 ms)")
     print(f"  memory: {peak / 2**20:.1f} MiB allocated at peak by the decision (tracemalloc)")
