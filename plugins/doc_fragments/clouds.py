@@ -182,7 +182,7 @@ options:
             default: false
           console_log:
             description:
-              - A directory on the hypervisor where each worker's serial console is written, as
+              - An existing directory on the hypervisor where each worker's serial console is written, as
                 C(<worker name>.console.log), by libvirt's log daemon (virtlogd); the place to look when a worker
                 does not join the pool.
               - The files stay when their worker is deleted; removing old ones is the site's (logrotate, tmpfiles.d).

@@ -270,3 +270,63 @@ def retire_plan(workers: Iterable[Worker], policy: Policy, now: float) -> list[R
         if reason:
             out.append(Retire(target.name, target.cloud, target.group, reason))
     return out
+
+
+# -- reading the queue ----------------------------------------------------------------------
+
+#: The job attributes the decision reads, in the order of ``condor_q -af:t`` (evaluated, tab separated).
+JOB_ATTRIBUTES = ("RequestCpus", "RequestMemory", "RequestDisk", "HepinfraGroup", "AcctGroup", "HepinfraClouds")
+
+
+def queue_argv(schedd: str | None = None) -> list[str]:
+    """condor_q for every user's idle jobs on one schedd (the local one when None), their request
+    attributes evaluated (``-af`` evaluates expressions such as a RequestMemory that depends on
+    MemoryUsage)."""
+    argv = ["condor_q", "-allusers", "-constraint", "JobStatus == 1", "-af:t", *JOB_ATTRIBUTES]
+    if schedd:
+        argv[1:1] = ["-name", schedd]
+    return argv
+
+
+def group_of(explicit: str, accounting: str, accounting_groups: dict[str, str]) -> str | None:
+    """A job's group: its HepinfraGroup attribute, else its accounting group mapped by the longest
+    configured prefix (``group_atlas.prod.alice`` matches ``group_atlas.prod`` before ``group_atlas``)."""
+    if explicit and explicit != "undefined":
+        return explicit
+    if not accounting or accounting == "undefined":
+        return None
+    parts = accounting.split(".")
+    for length in range(len(parts), 0, -1):
+        mapped = accounting_groups.get(".".join(parts[:length]))
+        if mapped:
+            return mapped
+    return None
+
+
+def _number(text: str) -> int:
+    try:
+        return int(float(text))
+    except ValueError:
+        return 0
+
+
+def read_queue(text: str, accounting_groups: dict[str, str]) -> tuple[dict[Shape, int], int]:
+    """Idle jobs per shape from ``condor_q ... -af:t`` output, and how many jobs matched no group.
+
+    RequestMemory is in MiB and RequestDisk in KiB, as HTCondor has them; a job that asks for less
+    than one CPU or no memory counts as one CPU and 1 MiB."""
+    shapes: dict[Shape, int] = {}
+    unmatched = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = (line.split("\t") + [""] * len(JOB_ATTRIBUTES))[:len(JOB_ATTRIBUTES)]
+        cpus, memory, disk, explicit, accounting, clouds = (field_.strip() for field_ in fields)
+        group = group_of(explicit, accounting, accounting_groups)
+        if group is None:
+            unmatched += 1
+            continue
+        targets = () if clouds in ("", "undefined") else tuple(sorted({c.strip() for c in clouds.split(",") if c.strip()}))
+        shape = Shape(group, max(_number(cpus), 1), max(_number(memory), 1), -(-_number(disk) // 1024), targets)
+        shapes[shape] = shapes.get(shape, 0) + 1
+    return shapes, unmatched

@@ -178,3 +178,26 @@ def test_plan_properties(jobs, cloud_list, worker_list, policy):
     assert not [r for r in result.retire if states[r.name] in (D.BUSY, D.DRAINING)]
     # The caller's workers are left as they were.
     assert [(w.free_cpus, w.free_memory_mb) for w in worker_list] == before
+
+
+# -- reading the queue ------------------------------------------------------------------------
+
+def test_groups_come_from_the_job_or_the_longest_accounting_prefix():
+    mapping = {"group_atlas": "atlas", "group_atlas.prod": "atlas-prod"}
+    assert D.group_of("belle", "group_atlas.prod", mapping) == "belle"
+    assert D.group_of("undefined", "group_atlas.prod.alice", mapping) == "atlas-prod"
+    assert D.group_of("", "group_atlas.test", mapping) == "atlas"
+    assert D.group_of("undefined", "group_cms", mapping) is None
+    assert D.group_of("undefined", "undefined", mapping) is None
+
+
+def test_queue_lines_become_shapes():
+    text = ("1\t2048\t1000000\tundefined\tgroup_atlas.prod.alice\tundefined\n"
+            "1\t2048\t999999\tundefined\tgroup_atlas.prod.bob\tundefined\n"
+            "4\t8000\t0\tbelle\tundefined\tc2, c1\n"
+            "0.5\t0\t10\tundefined\tgroup_cms\tundefined\n"
+            "\n")
+    shapes, unmatched = D.read_queue(text, {"group_atlas.prod": "atlas"})
+    assert shapes == {D.Shape("atlas", 1, 2048, 977): 2, D.Shape("belle", 4, 8000, 0, ("c1", "c2")): 1}
+    assert unmatched == 1
+    assert D.queue_argv("schedd@sub1")[:3] == ["condor_q", "-name", "schedd@sub1"]
