@@ -114,6 +114,15 @@ import sys
 sys.argv = sys.argv[:1]
 from {app} import application  # noqa: E402  pylint: disable=wrong-import-position,unused-import
 '''
+# Neutron's Port gains its port_forwardings relationship only when SQLAlchemy configures the
+# mappers, which it does lazily at a process's first query; a worker whose first request lists
+# ports reads the attribute before that and answers 500 (Nova then answers 500 for a server's
+# show or create, once per fresh worker). Configuring them as the worker loads the app avoids it.
+_NEUTRON_MAPPERS = """
+from sqlalchemy import orm  # noqa: E402  pylint: disable=wrong-import-position
+
+orm.configure_mappers()
+"""
 _SHIMS = {"keystone": "keystone.wsgi.api", "glance": "glance.wsgi.api", "placement": "placement.wsgi.api",
           "nova": "nova.wsgi.osapi_compute", "neutron": "neutron.wsgi.api"}
 
@@ -296,12 +305,9 @@ def _as_postgres_user() -> list[str]:
     return ["unshare", "--user", f"--map-user={entry.pw_uid}", f"--map-group={entry.pw_gid}"]
 
 
-def _rabbitmq_server() -> str:
-    # Debian's /usr/sbin/rabbitmq-server switches to the rabbitmq user; this one runs as it is.
-    for candidate in ("/usr/lib/rabbitmq/bin/rabbitmq-server", shutil.which("rabbitmq-server")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return "rabbitmq-server"
+# RabbitMQ's own launcher, which runs as its caller. Never Debian's /usr/sbin/rabbitmq-server:
+# that one switches to the rabbitmq user, who may not write the data under root's home.
+RABBITMQ_SERVER = "/usr/lib/rabbitmq/bin/rabbitmq-server"
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -318,7 +324,7 @@ def _state() -> Path:
 def _recipe(compute: bool = False) -> str:
     """What a running set was made from: a set made by another recipe is not reused."""
     base = recipe_hash(REQUIREMENTS.read_text(), KEYSTONE_PORT, GLANCE_PORTS, USERS, ADMIN_PASSWORD, GLANCE_PASSWORD,
-                       _keystone_conf, _glance_conf, _setup, _identity, _gunicorn, _SHIM)
+                       _keystone_conf, _glance_conf, _setup, _identity, _gunicorn, _SHIM, _NEUTRON_MAPPERS)
     if not compute:
         return base
     return recipe_hash(base, COMPUTE_REGION, PLACEMENT_PORT, NOVA_PORT, NEUTRON_PORT, POSTGRES_PORT, RABBIT_PORT,
@@ -666,7 +672,7 @@ def _compute_servers(root: Path) -> dict[str, _Server]:
                 # The distribution port listens on every address unless told otherwise.
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
             }),
-            argv=[_rabbitmq_server()], marker=f"-home {rabbitmq} ",
+            argv=[RABBITMQ_SERVER], marker=f"-home {rabbitmq} ",
         ),
         "placement": _Server(
             name="placement", port=PLACEMENT_PORT, health_url=PLACEMENT_URL, log=root / "placement" / "placement.log",
@@ -1111,15 +1117,18 @@ def up(compute: bool = False) -> OpenStack:
 def _fresh(compute: bool) -> OpenStack:  # pylint: disable=too-many-branches,too-many-locals,too-many-statements
     started = time.monotonic()
     root = _root()
+    if compute:
+        # First: the servers' command lines name programs of these packages (RabbitMQ's own
+        # launcher, not Debian's wrapper that switches to the rabbitmq user).
+        _host_packages()
     servers = _servers(root, compute=compute)
     _check_ports(servers)
     env_dir = venv()
-    if compute:
-        _host_packages()
     shutil.rmtree(root, ignore_errors=True)
     (root / "wsgi").mkdir(parents=True)
     for component, app in _SHIMS.items():
-        (root / "wsgi" / f"hepinfra_tb_{component}_wsgi.py").write_text(_SHIM.format(app=app))
+        (root / "wsgi" / f"hepinfra_tb_{component}_wsgi.py").write_text(
+            _SHIM.format(app=app) + (_NEUTRON_MAPPERS if component == "neutron" else ""))
     _keystone_conf(root)
     for region in GLANCE_PORTS:
         _glance_conf(root, region, env_dir / "etc" / "glance" / "glance-api-paste.ini")
