@@ -201,3 +201,14 @@ def test_queue_lines_become_shapes():
     assert shapes == {D.Shape("atlas", 1, 2048, 977): 2, D.Shape("belle", 4, 8000, 0, ("c1", "c2")): 1}
     assert unmatched == 1
     assert D.queue_argv("schedd@sub1")[:3] == ["condor_q", "-name", "schedd@sub1"]
+
+
+def test_queue_as_htcondor_prints_it():
+    # Recorded from condor_q 25 on the test bed's pool (queue_argv()): 3 jobs with requests,
+    # HepinfraGroup and HepinfraClouds; 2 in accounting group group_atlas.prod; 1 with neither.
+    recorded = ("2\t3000\t2000000\tbelle\tundefined\tc2,c1\n" * 3
+                + "1\t1\t45\tundefined\tgroup_atlas.prod\tundefined\n" * 2
+                + "1\t1\t45\tundefined\tundefined\tundefined\n")
+    shapes, unmatched = D.read_queue(recorded, {"group_atlas": "atlas"})
+    assert shapes == {D.Shape("belle", 2, 3000, 1954, ("c1", "c2")): 3, D.Shape("atlas", 1, 1, 1): 2}
+    assert unmatched == 1
