@@ -22,7 +22,7 @@ and benchmarked on its own. The rules:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 # Worker states, as the worker module reports them (pool state where registered).
@@ -192,7 +192,7 @@ def plan(jobs: dict[Shape, int], clouds: list[Cloud], workers: list[Worker], pol
     """The launch and retire plan of one cycle. ``workers`` is not modified."""
     result = Plan(retire=retire_plan(workers, policy, now))
     retiring = {item.name for item in result.retire}
-    room = [Worker(**{**w.__dict__}) for w in workers if w.name not in retiring]
+    room = [replace(w) for w in workers if w.name not in retiring]
     ordered = sorted((c for c in clouds if c.enabled), key=lambda c: (-c.priority, c.name))
     flavors = {c.name: sorted(c.flavors, key=lambda f: (f.vcpus, f.ram_mb, f.disk_gb, f.name)) for c in ordered}
     planned = {c.name: Usage() for c in ordered}
