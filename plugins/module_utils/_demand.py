@@ -7,8 +7,9 @@ Pure Python over plain data (no HTCondor, no cloud), so that it can be unit- and
 and benchmarked on its own. The rules:
 
 - Idle jobs are grouped by their request shape (group, cpus, memory, disk, allowed clouds).
-- Jobs are first covered by what is already coming: free room on idle registered workers and on
-  workers still starting, of the same group (and an allowed cloud). Only the rest is demand.
+- Jobs are first covered by what is already there or coming: unclaimed room on registered workers
+  (idle, or busy with room left) and workers still starting, of the same group (and an allowed
+  cloud). Only the rest is demand.
 - The rest goes to clouds in priority order (higher first, then name), each on the smallest of the
   cloud's flavors that fits one job (fewest vCPUs, then least RAM, then name), as many workers as the
   jobs need, but never past the cloud's limits (cores, RAM, instances, counting what is already used
@@ -112,7 +113,7 @@ class Worker:
     registered: float | None = None     # when it joined the pool
     last_busy: float | None = None      # when it last had a claimed slot (None: never)
     expires: float | None = None        # its maximum lifetime ends
-    free_cpus: int = 0                  # unclaimed room (idle and starting: the whole flavor)
+    free_cpus: int = 0                  # unclaimed room (starting: the whole flavor)
     free_memory_mb: int = 0
 
 
@@ -175,7 +176,7 @@ def _cover(shape: Shape, count: int, workers: list[Worker]) -> int:
     for target in workers:
         if covered >= count:
             break
-        if target.group != shape.group or target.state not in (IDLE, STARTING):
+        if target.group != shape.group or target.state not in (IDLE, STARTING, BUSY):
             continue
         if shape.clouds and target.cloud not in shape.clouds:
             continue
@@ -275,14 +276,16 @@ def retire_plan(workers: Iterable[Worker], policy: Policy, now: float) -> list[R
 # -- reading the queue ----------------------------------------------------------------------
 
 #: The job attributes the decision reads, in the order of ``condor_q -af:t`` (evaluated, tab separated).
-JOB_ATTRIBUTES = ("RequestCpus", "RequestMemory", "RequestDisk", "HepinfraGroup", "AcctGroup", "HepinfraClouds")
+JOB_ATTRIBUTES = ("RequestCpus", "RequestMemory", "RequestDisk", "HepinfraGroup", "AcctGroup", "HepinfraClouds",
+                  "JobStatus")
+IDLE_JOB, RUNNING_JOB = "1", "2"
 
 
 def queue_argv(schedd: str | None = None) -> list[str]:
-    """condor_q for every user's idle jobs on one schedd (the local one when None), their request
-    attributes evaluated (``-af`` evaluates expressions such as a RequestMemory that depends on
+    """condor_q for every user's idle and running jobs on one schedd (the local one when None), their
+    request attributes evaluated (``-af`` evaluates expressions such as a RequestMemory that depends on
     MemoryUsage)."""
-    argv = ["condor_q", "-allusers", "-constraint", "JobStatus == 1", "-af:t", *JOB_ATTRIBUTES]
+    argv = ["condor_q", "-allusers", "-constraint", "JobStatus == 1 || JobStatus == 2", "-af:t", *JOB_ATTRIBUTES]
     if schedd:
         argv[1:1] = ["-name", schedd]
     return argv
@@ -310,23 +313,51 @@ def _number(text: str) -> int:
         return 0
 
 
-def read_queue(text: str, accounting_groups: dict[str, str]) -> tuple[dict[Shape, int], int]:
-    """Idle jobs per shape from ``condor_q ... -af:t`` output, and how many jobs matched no group.
+@dataclass
+class Queue:
+    """What the schedds hold: idle jobs per shape, running jobs per group, jobs of no group."""
+
+    idle: dict[Shape, int] = field(default_factory=dict)
+    running: dict[str, int] = field(default_factory=dict)
+    unmatched: int = 0
+
+    def add(self, other: Queue) -> None:
+        for shape, count in other.idle.items():
+            self.idle[shape] = self.idle.get(shape, 0) + count
+        for group, count in other.running.items():
+            self.running[group] = self.running.get(group, 0) + count
+        self.unmatched += other.unmatched
+
+    def idle_per_group(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for shape, count in self.idle.items():
+            out[shape.group] = out.get(shape.group, 0) + count
+        return out
+
+
+def read_queue(text: str, accounting_groups: dict[str, str]) -> Queue:
+    """Idle jobs per shape and running jobs per group from ``condor_q ... -af:t`` output; jobs that
+    match no group are only counted (idle ones only: running ones are not the decision's business).
 
     RequestMemory is in MiB and RequestDisk in KiB, as HTCondor has them; a job that asks for less
-    than one CPU or no memory counts as one CPU and 1 MiB."""
-    shapes: dict[Shape, int] = {}
-    unmatched = 0
+    than one CPU or no memory counts as one CPU and 1 MiB. A line without JobStatus is an idle job."""
+    queue = Queue()
     for line in text.splitlines():
         if not line.strip():
             continue
         fields = (line.split("\t") + [""] * len(JOB_ATTRIBUTES))[:len(JOB_ATTRIBUTES)]
-        cpus, memory, disk, explicit, accounting, clouds = (field_.strip() for field_ in fields)
+        cpus, memory, disk, explicit, accounting, clouds, status = (field_.strip() for field_ in fields)
         group = group_of(explicit, accounting, accounting_groups)
+        if status == RUNNING_JOB:
+            if group is not None:
+                queue.running[group] = queue.running.get(group, 0) + 1
+            continue
+        if status not in ("", IDLE_JOB):
+            continue
         if group is None:
-            unmatched += 1
+            queue.unmatched += 1
             continue
         targets = () if clouds in ("", "undefined") else tuple(sorted({c.strip() for c in clouds.split(",") if c.strip()}))
         shape = Shape(group, max(_number(cpus), 1), max(_number(memory), 1), -(-_number(disk) // 1024), targets)
-        shapes[shape] = shapes.get(shape, 0) + 1
-    return shapes, unmatched
+        queue.idle[shape] = queue.idle.get(shape, 0) + 1
+    return queue

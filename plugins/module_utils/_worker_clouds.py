@@ -51,6 +51,24 @@ class Launch:
     security_groups: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Flavor:
+    name: str
+    vcpus: int
+    ram_mb: int
+    disk_gb: int = 0
+
+
+@dataclass
+class Usage:
+    """Cores, RAM and instances in use, and the cloud's own quota where it has one (None: none known)."""
+
+    cores: int = 0
+    ram_mb: int = 0
+    instances: int = 0
+    quota: dict[str, int | None] = field(default_factory=dict)
+
+
 class Provider:
     """One cloud's instances. Methods may be called from several threads at once."""
 
@@ -86,6 +104,15 @@ class Provider:
     def leftovers(self, group: str | None, live: set[str]) -> list[str]:
         """Storage of workers whose instance is gone (libvirt only)."""
         return []
+
+    def flavors(self) -> list[Flavor]:
+        """The flavors workers can be launched with, and their size."""
+        raise NotImplementedError
+
+    def usage(self) -> Usage:
+        """What runs on the cloud now, workers or not (the project's usage and quota on OpenStack,
+        the active domains of the hypervisor on libvirt)."""
+        raise NotImplementedError
 
     def remove_leftover(self, name: str) -> None:
         """Delete one leftover found by leftovers()."""
@@ -212,6 +239,21 @@ class OpenStackProvider(Provider):
     def mark(self, worker: W.Worker, key: str, value: str) -> None:
         self._call("set metadata of %s" % worker.name, self.conn.compute.set_server_metadata, worker.instance_id,
                    **{key: value})
+
+    def flavors(self) -> list[Flavor]:
+        found = self._call("list flavors", lambda: list(self.conn.compute.flavors(details=True)))
+        return [Flavor(f.name, int(f.vcpus or 0), int(f.ram or 0), int(f.disk or 0)) for f in found
+                if not getattr(f, "is_disabled", False)]
+
+    def usage(self) -> Usage:
+        limits = self._call("read the project's limits", self.conn.compute.get_limits).absolute
+
+        def quota(value: Any) -> int | None:
+            return None if value is None or int(value) < 0 else int(value)
+        return Usage(cores=int(limits.total_cores_used or 0), ram_mb=int(limits.total_ram_used or 0),
+                     instances=int(limits.instances_used or 0),
+                     quota={"cores": quota(limits.total_cores), "ram_mb": quota(limits.total_ram),
+                            "instances": quota(limits.instances)})
 
 
 # -- libvirt -------------------------------------------------------------------------------
@@ -382,6 +424,27 @@ class LibvirtProvider(Provider):
                 raise HepinfraError("no network %s" % network, target="cloud %s" % self.cloud.name) from None
         base = versions[0]
         return {"flavor": dict(flavors[flavor]), "base": base, "network": network}
+
+    def flavors(self) -> list[Flavor]:
+        return [Flavor(name, int(size["vcpus"]), int(size["memory_mb"]), int(size.get("disk_gb") or 0))
+                for name, size in sorted((self.cloud.libvirt.get("flavors") or {}).items())]
+
+    def usage(self) -> Usage:
+        """Every active domain of the hypervisor, the site's or not (virDomainGetInfo: KiB, vCPUs)."""
+        try:
+            domains = self.conn.listAllDomains(self.libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        except self.libvirt.libvirtError as exc:
+            raise self._error("list domains", exc) from None
+        used = Usage()
+        for domain in domains:
+            try:
+                _state, max_kib, _memory, vcpus, _cpu_time = domain.info()
+            except self.libvirt.libvirtError:
+                continue                  # gone meanwhile
+            used.cores += int(vcpus)
+            used.ram_mb += int(max_kib) // 1024
+            used.instances += 1
+        return used
 
     def launch(self, spec: Launch, resolved: dict[str, Any]) -> W.Worker:
         lv = self.libvirt

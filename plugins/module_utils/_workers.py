@@ -40,6 +40,7 @@ META_EXPIRES = "hepinfra_expires"
 META_TOKEN = "hepinfra_token_identity"
 META_DRAINING = "hepinfra_draining"
 META_REGISTERED = "hepinfra_registered"
+META_BUSY = "hepinfra_busy"              # last seen running a job (hepinfra.cloud.scale)
 #: The startd attribute that ties a worker's slots to the instance.
 UUID_ATTRIBUTE = "HepinfraWorkerUuid"
 STARTD_ATTRIBUTES = {UUID_ATTRIBUTE: "uuid", "HepinfraGroup": "group", "HepinfraCloud": "cloud",
@@ -127,6 +128,7 @@ class Worker:
     token_identity: str = ""
     draining_since: float = 0.0
     registered_at: float = 0.0           # first seen in the pool (recorded in the instance)
+    busy_at: float = 0.0                 # last seen with a claimed slot (recorded by hepinfra.cloud.scale)
     addresses: list[str] = field(default_factory=list)
     fault: str = ""
     # From the collector
@@ -207,7 +209,8 @@ def worker_from(name: str, metadata: dict[str, Any], instance_id: str, cloud_sta
         config=str(metadata.get(META_CONFIG, "")), instance_id=instance_id, cloud_state=cloud_state,
         cloud_status=cloud_status, flavor=str(metadata.get(META_FLAVOR, "")), image=str(metadata.get(META_IMAGE, "")),
         created=number(META_CREATED), expires=number(META_EXPIRES), token_identity=str(metadata.get(META_TOKEN, "")),
-        draining_since=number(META_DRAINING), registered_at=number(META_REGISTERED), addresses=list(addresses),
+        draining_since=number(META_DRAINING), registered_at=number(META_REGISTERED), busy_at=number(META_BUSY),
+        addresses=list(addresses),
         fault=fault)
 
 
@@ -398,7 +401,7 @@ class Condor:
     def slots(self, constraint: str | None = None) -> list[dict[str, Any]]:
         """Startd slot ads from the collector (only the attributes the decision needs)."""
         attributes = ["Name", "Machine", "State", "Activity", "EnteredCurrentState", "PartitionableSlot",
-                      "DynamicSlot", "NumDynamicSlots", "SlotType", *STARTD_ATTRIBUTES]
+                      "DynamicSlot", "NumDynamicSlots", "SlotType", "Cpus", "Memory", *STARTD_ATTRIBUTES]
         argv = ["condor_status", "-json", "-attributes", ",".join(attributes)]
         if constraint:
             argv += ["-constraint", constraint]

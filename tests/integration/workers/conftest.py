@@ -2,15 +2,67 @@
 
 The image is a small blank qcow2: the domains these tests launch never boot an operating
 system (they sit in firmware), which is enough for counts, ownership, concurrency and
-deletion. The real guest that joins the pool is in test_worker_guest.py.
+deletion. The real guests that join the pool (test_worker_guest.py, test_scale.py) boot the
+image of playbooks/worker_image.yml (fixtures worker_image, boot_files) and join the test
+bed's pool (htcondor_pool, up once for the session).
 """
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import libvirt
 import pytest
-from hepinfra_testbed import guest
-from hepinfra_testbed.common import run
+from hepinfra_testbed import guest, pool
+from hepinfra_testbed.common import cache_dir, run
+
+
+@pytest.fixture(scope="session")
+def htcondor_pool():
+    """The test bed's HTCondor pool, for every worker test of the session."""
+    info = pool.pool_up()
+    yield info
+    pool.pool_down()
+
+
+@pytest.fixture(scope="session")
+def worker_image():
+    """The worker image as the project builds it: playbooks/worker_image.yml, kept between runs in the
+    testbed's cache (the playbook itself decides whether its recipe changed). A second run must change nothing."""
+    where = cache_dir() / "worker-image"
+
+    def play():
+        done = subprocess.run(["ansible-playbook", "-i", "localhost,", "-c", "local", "hepinfra.cloud.worker_image",
+                               "-e", json.dumps({"worker_image_dir": str(where)})],
+                              capture_output=True, text=True, check=False, timeout=1800,
+                              env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_PYTHON_INTERPRETER=sys.executable))
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        return done.stdout
+
+    play()
+    again = play()
+    assert re.search(r"localhost\s*: ok=\d+\s+changed=0\s", again), again[-2000:]
+    return where
+
+
+@pytest.fixture
+def boot_files(worker_image):
+    """The worker image, and its kernel and initrd where QEMU (its own user) can read them."""
+    where = Path(tempfile.mkdtemp(prefix=f"{guest.PREFIX}-boot-"))
+    where.chmod(0o711)
+    for name in ("vmlinuz", "initrd.img"):
+        shutil.copy(worker_image / name, where / name)
+        (where / name).chmod(0o644)
+    yield worker_image / "disk.qcow2", where / "vmlinuz", where / "initrd.img", where
+    shutil.rmtree(where, ignore_errors=True)
+
 
 #: The worker groups the tests use: their domains are removed before and after each test.
 GROUPS = ("g1--", "g2--")

@@ -16,12 +16,7 @@ import base64
 import gzip
 import io
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from email import message_from_bytes
 from pathlib import Path
@@ -30,8 +25,8 @@ import libvirt
 import libvirt_qemu
 import pycdlib
 import pytest
-from hepinfra_testbed import guest, podman, pool
-from hepinfra_testbed.common import cache_dir, wait_for
+from hepinfra_testbed import guest, podman
+from hepinfra_testbed.common import wait_for
 
 GROUP = "g2"
 
@@ -98,45 +93,6 @@ def in_guest(conn, name: str, command: str, timeout: float = 600) -> tuple[int, 
     status = wait_for(finished, timeout=timeout, interval=1, what=command)
     text = "".join(base64.b64decode(status.get(key, "")).decode(errors="replace") for key in ("out-data", "err-data"))
     return status.get("exitcode", -1), text
-
-
-@pytest.fixture(scope="module")
-def htcondor_pool():
-    info = pool.pool_up()
-    yield info
-    pool.pool_down()
-
-
-@pytest.fixture(scope="module")
-def worker_image():
-    """The worker image as the project builds it: playbooks/worker_image.yml, kept between runs in the
-    testbed's cache (the playbook itself decides whether its recipe changed). A second run must change nothing."""
-    where = cache_dir() / "worker-image"
-
-    def play():
-        done = subprocess.run(["ansible-playbook", "-i", "localhost,", "-c", "local", "hepinfra.cloud.worker_image",
-                               "-e", json.dumps({"worker_image_dir": str(where)})],
-                              capture_output=True, text=True, check=False, timeout=1800,
-                              env=dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_PYTHON_INTERPRETER=sys.executable))
-        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-        return done.stdout
-
-    play()
-    again = play()
-    assert re.search(r"localhost\s*: ok=\d+\s+changed=0\s", again), again[-2000:]
-    return where
-
-
-@pytest.fixture
-def boot_files(worker_image):
-    """The worker image, and its kernel and initrd where QEMU (its own user) can read them."""
-    where = Path(tempfile.mkdtemp(prefix=f"{guest.PREFIX}-boot-"))
-    where.chmod(0o711)
-    for name in ("vmlinuz", "initrd.img"):
-        shutil.copy(worker_image / name, where / name)
-        (where / name).chmod(0o644)
-    yield worker_image / "disk.qcow2", where / "vmlinuz", where / "initrd.img", where
-    shutil.rmtree(where, ignore_errors=True)
 
 
 def seed_token(pool_path: Path, name: str) -> str:

@@ -51,10 +51,12 @@ def test_throttles_starting_per_cloud_and_launches_per_cycle():
 
 
 def test_idle_and_starting_workers_cover_jobs_before_any_launch():
-    workers = [worker("w1", D.IDLE, cpus=2), worker("w2", D.STARTING, cpus=2), worker("w3", D.BUSY, cpus=2),
+    workers = [worker("w1", D.IDLE, cpus=2), worker("w2", D.STARTING, cpus=2), worker("w3", D.BUSY, cpus=0),
+               worker("w5", D.BUSY, cpus=1, memory=2048), worker("w6", D.DRAINING, cpus=2),
                worker("w4", D.IDLE, group="belle", cpus=8, memory=16384)]
-    result = D.plan({D.Shape("atlas", 1, 1024): 5}, [cloud("a")], workers, D.Policy(), NOW)
-    assert result.covered == {D.Shape("atlas", 1, 1024): 4}   # not the busy one, not another group's
+    result = D.plan({D.Shape("atlas", 1, 1024): 7}, [cloud("a")], workers, D.Policy(), NOW)
+    # idle, starting and the room left on a busy worker; not a full busy one, a draining one, another group's
+    assert result.covered == {D.Shape("atlas", 1, 1024): 5}
     assert result.launched() == {("a", "atlas", "s"): 1}
 
 
@@ -196,10 +198,15 @@ def test_queue_lines_become_shapes():
             "1\t2048\t999999\tundefined\tgroup_atlas.prod.bob\tundefined\n"
             "4\t8000\t0\tbelle\tundefined\tc2, c1\n"
             "0.5\t0\t10\tundefined\tgroup_cms\tundefined\n"
+            "1\t2048\t10\tundefined\tgroup_atlas.prod\tundefined\t2\n"
+            "1\t2048\t10\tundefined\tgroup_cms\tundefined\t2\n"
+            "1\t2048\t10\tundefined\tgroup_atlas.prod\tundefined\t5\n"
             "\n")
-    shapes, unmatched = D.read_queue(text, {"group_atlas.prod": "atlas"})
-    assert shapes == {D.Shape("atlas", 1, 2048, 977): 2, D.Shape("belle", 4, 8000, 0, ("c1", "c2")): 1}
-    assert unmatched == 1
+    queue = D.read_queue(text, {"group_atlas.prod": "atlas"})
+    assert queue.idle == {D.Shape("atlas", 1, 2048, 977): 2, D.Shape("belle", 4, 8000, 0, ("c1", "c2")): 1}
+    assert queue.running == {"atlas": 1}      # the running job of no group and the held job are not counted
+    assert queue.unmatched == 1
+    assert queue.idle_per_group() == {"atlas": 2, "belle": 1}
     assert D.queue_argv("schedd@sub1")[:3] == ["condor_q", "-name", "schedd@sub1"]
 
 
@@ -209,6 +216,6 @@ def test_queue_as_htcondor_prints_it():
     recorded = ("2\t3000\t2000000\tbelle\tundefined\tc2,c1\n" * 3
                 + "1\t1\t45\tundefined\tgroup_atlas.prod\tundefined\n" * 2
                 + "1\t1\t45\tundefined\tundefined\tundefined\n")
-    shapes, unmatched = D.read_queue(recorded, {"group_atlas": "atlas"})
-    assert shapes == {D.Shape("belle", 2, 3000, 1954, ("c1", "c2")): 3, D.Shape("atlas", 1, 1, 1): 2}
-    assert unmatched == 1
+    queue = D.read_queue(recorded, {"group_atlas": "atlas"})
+    assert queue.idle == {D.Shape("belle", 2, 3000, 1954, ("c1", "c2")): 3, D.Shape("atlas", 1, 1, 1): 2}
+    assert queue.unmatched == 1
