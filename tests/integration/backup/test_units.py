@@ -1,4 +1,5 @@
-"""The systemd units docs/backup.md gives for scheduled backups are valid and match docs/systemd/."""
+"""The systemd units docs/backup.md and docs/scaling.md give (scheduled backups, scaling cycles) are
+valid and match docs/systemd/."""
 
 from __future__ import annotations
 
@@ -7,14 +8,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[3]
 UNITS = ROOT / "docs" / "systemd"
 
 
-def test_the_guide_shows_exactly_the_shipped_unit_files():
-    guide = (ROOT / "docs" / "backup.md").read_text()
-    blocks = {m.group(1): m.group(2) for m in re.finditer(r"```ini\n# /etc/systemd/system/(\S+)\n(.*?)```", guide, re.S)}
-    assert sorted(blocks) == ["hepinfra-backup.service", "hepinfra-backup.timer"]
+@pytest.mark.parametrize("guide, units", [("backup.md", ["hepinfra-backup.service", "hepinfra-backup.timer"]),
+                                          ("scaling.md", ["hepinfra-scale.service", "hepinfra-scale.timer"])])
+def test_the_guide_shows_exactly_the_shipped_unit_files(guide, units):
+    text = (ROOT / "docs" / guide).read_text()
+    blocks = {m.group(1): m.group(2) for m in re.finditer(r"```ini\n# /etc/systemd/system/(\S+)\n(.*?)```", text, re.S)}
+    assert sorted(blocks) == units
     for name, text in blocks.items():
         assert text == (UNITS / name).read_text()
 

@@ -13,6 +13,7 @@ import uuid
 import openstack
 import pytest
 from hepinfra_testbed import openstack as testbed
+from hepinfra_testbed import podman
 from hepinfra_testbed.common import run
 
 GROUP = "g1"
@@ -158,3 +159,50 @@ def test_bad_credentials_fail_that_cloud_only_and_hide_the_password(os_cloud, ru
     assert result.failed and "authentication failed" in result.result["clouds"]["os"]["error"]
     assert len(result.result["clouds"]["lv"]["launched"]) == 1          # the other cloud was done
     assert password not in result.output and password not in str(result.result)
+
+
+def test_a_scaling_cycle_reads_novas_flavors_usage_and_quota(os_cloud, alpha, htcondor_pool, libvirt_cloud,
+                                                             run_module, tmp_path):
+    """hepinfra.cloud.scale on the real Nova API: flavors listed from Nova, the project's usage and quota
+    with count_project_usage, launches there until the quota is reached, the rest on the next cloud."""
+    # pylint: disable=redefined-outer-name
+    local, _pool_path = libvirt_cloud                                  # "lv", priority 10, 1-vCPU flavors of 64 and 128 MiB
+    cloud = dict(os_cloud, priority=20, limits={"count_project_usage": True})
+    testbed.set_quota("alpha", instances=3)
+    other = alpha.compute.create_server(
+        name=f"not-a-worker-{uuid.uuid4().hex[:6]}", flavor_id=alpha.compute.find_flavor("w1.small").id,
+        image_id=alpha.image.find_image("wimg").id, networks=[{"uuid": alpha.network.find_network("private").id}])
+    env = {"CONTAINERS_CONF": str(podman.containers_conf())}
+    task = {"clouds": [cloud, local], "groups": [{"name": GROUP, "accounting_groups": ["group_g1"], "config": "c1"}],
+            "flavors": {"os": ["w1.small", "w1.medium", "w1.large"]},
+            "condor": {"tokens": False, "command_prefix": ["podman", "exec", htcondor_pool.container]},
+            "lock_file": str(tmp_path / "scale.lock"), "history": "", "drain_wait": 0}
+    submit = ("executable = /bin/sleep\ntransfer_executable = false\narguments = 60\naccounting_group = group_g1.prod\n"
+              "accounting_group_user = submitter\nrequest_cpus = {cpus}\nrequest_memory = 64\nqueue {count}\n")
+    htcondor_pool.run(["condor_rm", "-all"], user=htcondor_pool.submit_user, check=False)
+    try:
+        alpha.compute.wait_for_server(other, wait=120)
+        htcondor_pool.submit(submit.format(cpus=1, count=4))
+        htcondor_pool.submit(submit.format(cpus=3, count=1))
+        cycle = ok(run_module("hepinfra.cloud.scale", task, env=env))
+        # Nova's quota (3) less what the project runs (1 server that is not a worker) leaves room for 2.
+        assert cycle["clouds"]["os"]["used"]["instances"] == 1 and cycle["clouds"]["os"]["limits"]["instances"] == 3
+        assert sorted(cycle["clouds"]["os"]["flavors"]) == ["w1.large", "w1.medium", "w1.small"]
+        assert [(p["cloud"], p["flavor"], p["count"]) for p in cycle["plan"]["launch"]] == \
+            [("os", "w1.small", 2), ("lv", "w1.tiny", 2)]
+        # The 3-core job fits w1.large (the smallest of Nova's that does) but the project is full: shortfall.
+        assert cycle["plan"]["shortfall"] == [{"group": GROUP, "cpus": 3, "memory_mb": 64, "disk_mb": 1,
+                                               "clouds": [], "jobs": 1}]
+        servers = ours(alpha)
+        assert len(servers) == 2 and {s.metadata["hepinfra_flavor"] for s in servers.values()} == {"w1.small"}
+        assert len(cycle["launched"]) == 4
+        again = ok(run_module("hepinfra.cloud.scale", task, env=env))
+        assert again["launched"] == [] and again["workers"]["os"] == {"starting": 2}
+        # No job, and past come-alive: the workers on both clouds go.
+        htcondor_pool.run(["condor_rm", "-all"], user=htcondor_pool.submit_user, check=False)
+        gone = ok(run_module("hepinfra.cloud.scale", {**task, "policy": {"come_alive": 0}}, env=env))
+        assert len(gone["deleted"]) == 4 and gone["launched"] == []
+        wait_gone(alpha, list(servers))
+    finally:
+        htcondor_pool.run(["condor_rm", "-all"], user=htcondor_pool.submit_user, check=False)
+        alpha.compute.delete_server(other, ignore_missing=True)
