@@ -51,7 +51,7 @@ options:
         type: str
   flavors:
     description:
-      - Per cloud name, the flavor names the decision may choose from (the smallest that fits a job wins: fewest
+      - Per cloud name, the flavor names the decision may choose from (the smallest that fits a job wins, by fewest
         vCPUs, then least RAM).
       - A cloud not named here offers every flavor of its C(libvirt.flavors) (libvirt), or its C(defaults.flavor), or
         when that is unset every flavor the project sees (OpenStack).
@@ -93,7 +93,8 @@ options:
       idle_enough:
         description:
           - A group with this many idle workers gets no launch this cycle (its jobs are reported as shortfall with the
-            reason in RV(plan.held_back)); unset, idle workers only count by their free room.
+            reason in RV(hepinfra.cloud.demand_info#module:plan.held_back)). Unset, idle workers only count by their
+            free room.
         type: int
   condor:
     description: How the modules reach the HTCondor pool (schedds, collector, and the token signing key for launches).

@@ -207,6 +207,10 @@ history:
   description: The line appended to O(history), or null.
   returned: always
   type: dict
+duration:
+  description: Seconds the cycle took once it held the lock.
+  returned: always
+  type: float
 """
 
 import os
@@ -274,6 +278,7 @@ class ScaleModule(HepinfraModule):
             cycle = S.read(params, libraries, time.time())
             T.close_all(list(cycle.runs.values()))
             result = S.report(cycle, applied=False, now=time.time())
+            result.pop("launched_per_cloud")
             plan = cycle.plan
             return {"changed": bool(plan.launches or plan.retire), **result, "history": None}
         history = None
@@ -296,6 +301,7 @@ class ScaleModule(HepinfraModule):
                     result["errors"] = list(cycle.errors)
         audit = next(iter(settings.values())).audit
         changed = bool(result["launched"] or result["drained"] or result["deleted"])
+        result.pop("launched_per_cloud")
         result.update(changed=changed, history=history, lock={"file": params["lock_file"], "waited": round(lock.waited, 3)})
         if audit.errors:
             self.fail("the audit log %s could not be written (the actions were done; their records are in the result): %s"

@@ -173,7 +173,8 @@ def test_a_scaling_cycle_reads_novas_flavors_usage_and_quota(os_cloud, alpha, ht
         name=f"not-a-worker-{uuid.uuid4().hex[:6]}", flavor_id=alpha.compute.find_flavor("w1.small").id,
         image_id=alpha.image.find_image("wimg").id, networks=[{"uuid": alpha.network.find_network("private").id}])
     env = {"CONTAINERS_CONF": str(podman.containers_conf())}
-    task = {"clouds": [cloud, local], "groups": [{"name": GROUP, "accounting_groups": ["group_g1"], "config": "c1"}],
+    task = {"clouds": [cloud, local],
+            "groups": [{"name": GROUP, "accounting_groups": ["group_g1"], "config": "c1", "image": "wimg"}],
             "flavors": {"os": ["w1.small", "w1.medium", "w1.large"]},
             "condor": {"tokens": False, "command_prefix": ["podman", "exec", htcondor_pool.container]},
             "lock_file": str(tmp_path / "scale.lock"), "history": "", "drain_wait": 0}
