@@ -342,7 +342,11 @@ def read_queue(text: str, accounting_groups: dict[str, str]) -> Queue:
     RequestMemory is in MiB and RequestDisk in KiB, as HTCondor has them; a job that asks for less
     than one CPU or no memory counts as one CPU and 1 MiB. A line without JobStatus is an idle job."""
     queue = Queue()
+    # Jobs of one batch print the same line: parse each distinct line once.
+    lines: dict[str, int] = {}
     for line in text.splitlines():
+        lines[line] = lines.get(line, 0) + 1
+    for line, times in lines.items():
         if not line.strip():
             continue
         fields = (line.split("\t") + [""] * len(JOB_ATTRIBUTES))[:len(JOB_ATTRIBUTES)]
@@ -350,14 +354,14 @@ def read_queue(text: str, accounting_groups: dict[str, str]) -> Queue:
         group = group_of(explicit, accounting, accounting_groups)
         if status == RUNNING_JOB:
             if group is not None:
-                queue.running[group] = queue.running.get(group, 0) + 1
+                queue.running[group] = queue.running.get(group, 0) + times
             continue
         if status not in ("", IDLE_JOB):
             continue
         if group is None:
-            queue.unmatched += 1
+            queue.unmatched += times
             continue
         targets = () if clouds in ("", "undefined") else tuple(sorted({c.strip() for c in clouds.split(",") if c.strip()}))
         shape = Shape(group, max(_number(cpus), 1), max(_number(memory), 1), -(-_number(disk) // 1024), targets)
-        queue.idle[shape] = queue.idle.get(shape, 0) + 1
+        queue.idle[shape] = queue.idle.get(shape, 0) + times
     return queue

@@ -82,7 +82,7 @@ options:
       - The file each cycle appends one JSON line to (time, duration, idle and running jobs per group, workers per
         cloud and state, launches per cloud and group, drains, deletions, shortfall, unfit jobs, errors), for the
         status report. An empty string writes none.
-    type: str
+    type: path
     default: ~/.local/state/hepinfra-cloud/scale-history.jsonl
   lock_file:
     description: The file the cycle locks (C(flock)) on the host the module runs on.
@@ -213,7 +213,6 @@ duration:
   type: float
 """
 
-import os
 import time
 
 from ansible_collections.hepinfra.cloud.plugins.module_utils import _scale_task as S, _worker_task as T, _workers as W
@@ -228,7 +227,7 @@ class ScaleModule(HepinfraModule):
         drain_wait=dict(type="int", default=60),
         parallel=dict(type="int", default=8),
         audit_log=dict(type="path", default="~/.local/state/hepinfra-cloud/worker-audit.jsonl"),
-        history=dict(type="str", default="~/.local/state/hepinfra-cloud/scale-history.jsonl"),
+        history=dict(type="path", default="~/.local/state/hepinfra-cloud/scale-history.jsonl"),
         lock_file=dict(type="path", default="~/.local/state/hepinfra-cloud/scale.lock"),
         lock_timeout=dict(type="int", default=900),
         netbox=dict(type="dict", options=dict(
@@ -295,7 +294,7 @@ class ScaleModule(HepinfraModule):
             if params["history"]:
                 history = S.history_line(result, done)
                 try:
-                    S.append_history(os.path.expanduser(params["history"]), history)
+                    S.append_history(params["history"], history)
                 except OSError as exc:
                     cycle.errors.append("history %s: %s" % (params["history"], exc))
                     result["errors"] = list(cycle.errors)

@@ -50,6 +50,20 @@ def site(jobs: int, shapes: int, clouds: int, seed: int = 7):
     return idle_jobs, cloud_list, workers
 
 
+def queue_text(idle_jobs) -> str:
+    """The idle jobs as condor_q -af:t prints them (queue_argv's attributes), half with an accounting group."""
+    lines = []
+    for index, (shape, _count) in enumerate(idle_jobs):
+        clouds = ",".join(shape.clouds) or "undefined"
+        if index % 2:
+            lines.append("%d\t%d\t%d\t%s\tundefined\t%s\t1" % (shape.cpus, shape.memory_mb, shape.disk_mb * 1024, shape.group,
+                                                           clouds))
+        else:
+            lines.append("%d\t%d\t%d\tundefined\tgroup_%s.prod.user%d\t%s\t1" % (
+                shape.cpus, shape.memory_mb, shape.disk_mb * 1024, shape.group, index % 50, clouds))
+    return "\n".join(lines) + "\n"
+
+
 def decide(idle_jobs, cloud_list, workers):
     return D.plan(D.shapes_of(idle_jobs), cloud_list, workers, D.Policy(max_launches=500, idle_enough=20), NOW)
 
@@ -68,11 +82,21 @@ def main() -> None:
     decide(idle_jobs, cloud_list, workers)
     _current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
+    text = queue_text(idle_jobs)
+    mapping = {"group_%s" % shape.group: shape.group for shape, _count in idle_jobs}
+    reads = []
+    for _run in range(5):
+        gc.collect()
+        started = time.perf_counter()
+        queue = D.read_queue(text, mapping)
+        reads.append(time.perf_counter() - started)
+    assert sum(queue.idle.values()) == jobs and queue.idle == D.shapes_of(idle_jobs)
     launched = sum(item.count for item in result.launches)
     print(f"bench-demand: {jobs} idle jobs in {len({shape for shape, _count in idle_jobs})} shapes, {clouds} clouds, "
           f"{len(workers)} workers")
     print(f"  decision: best {min(times) * 1000:.1f} ms, median {sorted(times)[2] * 1000:.1f} ms (5 runs; target < 1000 ms)")
     print(f"  memory: {peak / 2**20:.1f} MiB allocated at peak by the decision (tracemalloc)")
+    print(f"  reading condor_q output ({len(text) / 2**20:.1f} MiB, {jobs} lines) into shapes: best {min(reads) * 1000:.1f} ms")
     print(f"  plan: {launched} launches on {len({i.cloud for i in result.launches})} clouds, {len(result.retire)} to retire, "
           f"{sum(result.shortfall.values())} jobs short, {sum(result.unfit.values())} unfit, "
           f"{sum(result.covered.values())} covered by workers there")
