@@ -9,9 +9,12 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 
+import jinja2
 import openstack
 import pytest
+import yaml
 from hepinfra_testbed import openstack as testbed
 from hepinfra_testbed import podman
 from hepinfra_testbed.common import run
@@ -207,3 +210,26 @@ def test_a_scaling_cycle_reads_novas_flavors_usage_and_quota(os_cloud, alpha, ht
     finally:
         htcondor_pool.run(["condor_rm", "-all"], user=htcondor_pool.submit_user, check=False)
         alpha.compute.delete_server(other, ignore_missing=True)
+
+
+def test_the_awx_openstack_credential_reaches_the_cloud(os_cloud, alpha, run_module, tmp_path):
+    """docs/awx/credential-type-openstack.yml as AWX injects it: the clouds.yaml file it writes, named by
+    the extra variable it sets, is what a cloud definition's openstack.cloud/config_file use."""
+    # pylint: disable=redefined-outer-name
+    kind = yaml.safe_load((Path(__file__).resolve().parents[3] / "docs" / "awx" / "credential-type-openstack.yml").read_text())
+    clouds_yaml = yaml.safe_dump({"clouds": {"site-os": {"auth": os_cloud["openstack"]["auth"],
+                                                         "region_name": os_cloud["openstack"]["region_name"]}}})
+    injected = tmp_path / "awx-credential-file"
+    injected.write_text(jinja2.Template(kind["injectors"]["file"]["template"]).render(clouds_yaml=clouds_yaml))
+    config = jinja2.Template(kind["injectors"]["extra_vars"]["hepinfra_openstack_config"]).render(
+        tower={"filename": str(injected)})
+    cloud = {"name": "os", "type": "openstack", "openstack": {"cloud": "site-os", "config_file": config}}
+    server = alpha.compute.create_server(
+        name=f"{GROUP}--os--{uuid.uuid4()}", flavor_id=alpha.compute.find_flavor("w1.small").id,
+        image_id=alpha.image.find_image("wimg").id, networks=[{"uuid": alpha.network.find_network("private").id}])
+    info = ok(run_module("hepinfra.cloud.worker_info", {"clouds": [cloud], "group": GROUP,
+                                                        "condor": {"collector": False}}))
+    # It listed the project's servers: the look-alike is there (not owned), the cloud answered.
+    assert info["clouds"]["os"]["ok"] and info["clouds"]["os"]["foreign"] == [server.name]
+    password = os_cloud["openstack"]["auth"]["password"]
+    assert password not in json.dumps(info)
