@@ -29,6 +29,9 @@ options:
         description:
           - The worker configuration of the group's workers. Only workers of this group and configuration are counted
             as its capacity and retired; others are left alone (they still count against the clouds' limits).
+          - Every enabled cloud the group may use must be able to host its workers (a valid worker name
+            C(<group>--<cloud>--<uuid>), an image, and on OpenStack the cloud's C(defaults.network)); the cycle fails
+            before doing anything otherwise.
         type: str
         default: default
       accounting_groups:
@@ -55,8 +58,8 @@ options:
         vCPUs, then least RAM).
       - A cloud not named here offers every flavor of its C(libvirt.flavors) (libvirt), or its C(defaults.flavor), or
         when that is unset every flavor the project sees (OpenStack).
-      - The decision compares a job's request with the flavor's whole size; the startd reports a little less memory
-        than the flavor has, so leave a margin between the largest request and the flavor.
+      - A flavor's memory for jobs is its RAM less O(policy.memory_reserve_mb), as the startd reports a little less
+        memory than the flavor has; cloud limits count the whole RAM.
     type: dict
     default: {}
   schedds:
@@ -85,7 +88,9 @@ options:
         type: int
         default: 1800
       max_starting:
-        description: At most this many workers starting (launched, not yet registered) per cloud; unlimited when unset.
+        description:
+          - At most this many workers of the scaled groups starting (launched, not yet registered) per cloud; unlimited
+            when unset.
         type: int
       max_launches:
         description: At most this many launches per cycle over all clouds; unlimited when unset.
@@ -95,6 +100,13 @@ options:
           - A group with this many idle workers gets no launch this cycle (its jobs are reported as shortfall with the
             reason in RV(hepinfra.cloud.demand_info#module:plan.held_back)). Unset, idle workers only count by their
             free room.
+        type: int
+      memory_reserve_mb:
+        description:
+          - MiB of a flavor's RAM that its workers do not offer jobs (the guest kernel's share). Jobs are fitted, and
+            starting workers counted, with the rest; a reserve too small makes jobs that ask for nearly all of a
+            flavor look covered until the worker registers, and then launched for again.
+          - Unset, 5% of the flavor's RAM and at least 64 MiB.
         type: int
   condor:
     description: How the modules reach the HTCondor pool (schedds, collector, and the token signing key for launches).

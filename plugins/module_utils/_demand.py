@@ -48,14 +48,22 @@ class Shape:
 
 @dataclass(frozen=True)
 class Flavor:
+    """A worker size. ``usable_mb`` is the memory HTCondor will offer jobs on it (the flavor's RAM
+    less what the kernel keeps); None: all of ``ram_mb``. Limits count ``ram_mb``."""
+
     name: str
     vcpus: int
     ram_mb: int
     disk_gb: int = 0
+    usable_mb: int | None = None
+
+    @property
+    def memory_for_jobs(self) -> int:
+        return self.ram_mb if self.usable_mb is None else self.usable_mb
 
     def jobs_per_worker(self, shape: Shape) -> int:
         """How many jobs of this shape one worker of this flavor runs at once (0: does not fit)."""
-        counts = [self.vcpus // max(shape.cpus, 1), self.ram_mb // max(shape.memory_mb, 1)]
+        counts = [self.vcpus // max(shape.cpus, 1), self.memory_for_jobs // max(shape.memory_mb, 1)]
         # A flavor without a stated disk (disk_gb 0) is taken to hold what the job asks: the image decides.
         if shape.disk_mb and self.disk_gb:
             counts.append((self.disk_gb * 1024) // shape.disk_mb)
@@ -240,7 +248,14 @@ def plan(jobs: dict[Shape, int], clouds: list[Cloud], workers: list[Worker], pol
             if budget is not None:
                 budget -= take
             result.launches.append(Launch(cloud.name, shape.group, flavor.name, take, shape))
-            left = max(left - take * per_worker, 0)
+            placed = min(left, take * per_worker)
+            left -= placed
+            # The last new worker may have room left: later shapes of the group can use it.
+            on_last = placed - (take - 1) * per_worker
+            spare_cpus, spare_mb = flavor.vcpus - on_last * shape.cpus, flavor.memory_for_jobs - on_last * shape.memory_mb
+            if spare_cpus > 0 and spare_mb > 0:
+                room.append(Worker("(planned %s %d)" % (cloud.name, len(result.launches)), cloud.name, shape.group,
+                                   flavor.name, STARTING, now, free_cpus=spare_cpus, free_memory_mb=spare_mb))
         if left:
             result.shortfall[shape] = left
     return result

@@ -41,6 +41,7 @@ SCALE_SPEC: dict[str, dict[str, Any]] = {
         "max_starting": {"type": "int"},
         "max_launches": {"type": "int"},
         "idle_enough": {"type": "int"},
+        "memory_reserve_mb": {"type": "int"},
     }},
     "condor": {"type": "dict", "default": {}, "options": {
         "trust_domain": {"type": "str"},
@@ -84,6 +85,7 @@ class Cycle:
     owned: dict[str, W.Worker] = field(default_factory=dict)             # name -> worker (managed groups only)
     plan: D.Plan | None = None
     errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     applied: list[T.CloudRun] = field(default_factory=list)
 
 
@@ -108,13 +110,47 @@ def check(params: dict[str, Any]) -> dict[str, Group]:
     for key in ("keep_alive", "come_alive", "job_alive"):
         if policy[key] < 0:
             raise HepinfraError("policy.%s must be 0 or more" % key)
-    for key in ("max_starting", "max_launches", "idle_enough"):
+    for key in ("max_starting", "max_launches", "idle_enough", "memory_reserve_mb"):
         if policy[key] is not None and policy[key] < 0:
             raise HepinfraError("policy.%s must be 0 or more" % key)
     for cloud, names in params["flavors"].items():
         if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
             raise HepinfraError("flavors.%s must be a list of flavor names" % cloud)
     return groups
+
+
+def usable_mb(ram_mb: int, reserve: int | None) -> int:
+    """The memory HTCondor offers jobs on a worker of ``ram_mb``: the flavor's RAM less the reserve
+    (by default 5 % of it, at least 64 MiB: what the guest's kernel keeps)."""
+    if reserve is None:
+        reserve = max(64, ram_mb * 5 // 100)
+    return max(ram_mb - reserve, 0)
+
+
+def check_clouds(groups: dict[str, Group], clouds: list[_clouds.Cloud]) -> None:
+    """Every enabled cloud a group may launch on must be able to host its workers: a valid worker
+    name, an image, and on OpenStack a network. Checked before anything is done."""
+    problems = []
+    names = {cloud.name for cloud in clouds}
+    for group in groups.values():
+        unknown = [name for name in group.clouds if name not in names]
+        if unknown:
+            problems.append("group %s names unknown clouds: %s" % (group.name, ", ".join(unknown)))
+        for cloud in clouds:
+            if not cloud.enabled or (group.clouds and cloud.name not in group.clouds):
+                continue
+            try:
+                W.check_cloud_name(group.name, cloud.name)
+            except HepinfraError as exc:
+                problems.append(str(exc).rstrip("."))
+            if not (group.image or cloud.defaults.get("image")):
+                problems.append("group %s has no image on cloud %s (set groups[].image or the cloud's defaults.image)"
+                                % (group.name, cloud.name))
+            if cloud.type == "openstack" and not cloud.defaults.get("network"):
+                problems.append("cloud %s has no defaults.network: group %s's workers could not reach the pool"
+                                % (cloud.name, group.name))
+    if problems:
+        raise HepinfraError("; ".join(problems), hint="Fix the groups or the cloud definitions")
 
 
 def policy_of(params: dict[str, Any]) -> D.Policy:
@@ -176,8 +212,9 @@ def read_clouds(cycle: Cycle, libraries: dict[str, Any], flavor_names: dict[str,
         cloud = run.placement.cloud
         info: dict[str, Any] = {"ok": True, "error": None}
         try:
-            flavors = run.provider.flavors()
-            info["sizes"] = {f.name: f for f in flavors}
+            every = run.provider.flavors()
+            info["sizes"] = {f.name: f for f in every}             # disabled ones too: workers may use them
+            flavors = [f for f in every if f.enabled]
             wanted = flavor_names.get(cloud.name)
             if wanted is None and cloud.type == "openstack" and cloud.defaults.get("flavor"):
                 wanted = [cloud.defaults["flavor"]]
@@ -195,7 +232,9 @@ def read_clouds(cycle: Cycle, libraries: dict[str, Any], flavor_names: dict[str,
         cycle.runs[run.name] = run
         if run.error is not None:
             cycle.cloud_info[run.name] = {"ok": False, "error": run.error}
-            cycle.errors.append(run.error if run.name in run.error else "cloud %s: %s" % (run.name, run.error))
+            text = run.error if run.name in run.error else "cloud %s: %s" % (run.name, run.error)
+            # A disabled cloud is only asked so that its workers can be retired: not answering is no failure.
+            (cycle.errors if run.placement.cloud.enabled else cycle.warnings).append(text)
 
 
 def _free(worker: W.Worker) -> tuple[int, int]:
@@ -229,9 +268,13 @@ def decision_state(worker: W.Worker) -> str:
 
 
 def build(cycle: Cycle, policy: dict[str, Any], now: float) -> None:
-    """The decision's view of clouds and workers."""
+    """The decision's view of clouds and workers. A cloud that did not answer is left out: nothing
+    is launched there and nothing is retired (its workers' pool state is not known)."""
+    reserve = policy.get("memory_reserve_mb")
     for cloud in cycle.clouds:
         run = cycle.runs.get(cloud.name)
+        if run is None or run.error is not None:
+            continue
         info = cycle.cloud_info.get(cloud.name, {})
         flavors = info.get("flavors") or []
         sizes = info.get("sizes") or {}
@@ -250,7 +293,7 @@ def build(cycle: Cycle, policy: dict[str, Any], now: float) -> None:
                 continue
             cycle.owned[worker.name] = worker
             if state == D.STARTING:
-                free = (size.vcpus, size.ram_mb) if size is not None else (0, 0)
+                free = (size.vcpus, usable_mb(size.ram_mb, reserve)) if size is not None else (0, 0)
             elif state in (D.IDLE, D.BUSY):
                 free = _free(worker)
             else:
@@ -271,23 +314,23 @@ def build(cycle: Cycle, policy: dict[str, Any], now: float) -> None:
         for key in ("cores", "ram_mb", "instances"):
             values = [v for v in (limits.get(key), quota.get(key)) if v is not None]
             caps[key] = min(values) if values else None
-        ok = run is not None and run.error is None
         cycle.decision_clouds.append(D.Cloud(
             name=cloud.name, priority=cloud.priority,
-            flavors=[D.Flavor(f.name, f.vcpus, f.ram_mb, f.disk_gb) for f in flavors],
+            flavors=[D.Flavor(f.name, f.vcpus, f.ram_mb, f.disk_gb, usable_mb(f.ram_mb, reserve)) for f in flavors],
             cores=caps["cores"], ram_mb=caps["ram_mb"], instances=caps["instances"], used=used,
-            max_starting=policy["max_starting"], enabled=ok))
-        if ok:
-            info.update(used={"cores": used.cores, "ram_mb": used.ram_mb, "instances": used.instances},
-                        limits=caps, flavors=[f.name for f in flavors])
+            max_starting=policy["max_starting"], enabled=cloud.enabled))
+        info.update(used={"cores": used.cores, "ram_mb": used.ram_mb, "instances": used.instances},
+                    limits=caps, flavors=[f.name for f in flavors], enabled=cloud.enabled)
 
 
 def read(params: dict[str, Any], libraries: dict[str, Any], now: float) -> Cycle:
     """Read queues, clouds and pool, and decide."""
     groups = check(params)
-    clouds = _clouds.select(_clouds.normalize(params["clouds"]), None)
-    if not clouds:
+    # Disabled clouds too: they get no launch, but their workers are still retired.
+    clouds = sorted(_clouds.normalize(params["clouds"]).values(), key=lambda cloud: (-cloud.priority, cloud.name))
+    if not [cloud for cloud in clouds if cloud.enabled]:
         raise HepinfraError("no enabled cloud", hint="Check the clouds' enabled flags")
+    check_clouds(groups, clouds)
     cycle = Cycle(started=now, groups=groups, clouds=clouds)
     condor = condor_of(params)
     try:
@@ -313,37 +356,46 @@ def busy_mark_interval(policy: dict[str, Any]) -> float:
     return min(max(policy["keep_alive"] / 4.0, 30.0), 300.0)
 
 
+def retire_steps(workers: list[W.Worker], retire: dict[str, D.Retire], policy: dict[str, Any], now: float) -> W.Plan:
+    """What happens to one group's workers on one cloud: what must go whatever the count (the
+    worker module's rules: error, drained, never registered, stopped, expired), then the decision's
+    retirements (drained when in the pool, deleted when not). Launches are the decision's alone,
+    and a worker already draining is never drained again."""
+    # The count is all of them, so plan_scale retires nothing as surplus.
+    steps = W.plan_scale(workers, len(workers), now, policy["come_alive"])
+    steps.launch = 0
+    for index, step in enumerate(steps.steps):
+        item = retire.get(step.worker.name)
+        if item is not None and step.action == "keep" and not step.worker.draining:
+            steps.steps[index] = W._retire(step.worker, retire_reason(item.reason, policy))  # pylint: disable=protected-access
+    return steps
+
+
 def apply(cycle: Cycle, settings: dict[str, T.LaunchSettings], params: dict[str, Any], now: float) -> None:
-    """Retire, mark and launch, each cloud in its own thread, its steps one after another."""
+    """Retire, launch and mark busy workers: every cloud at once, and on each cloud every group's
+    retirements and launches at once (each run waits for its own drains only)."""
     plan = cycle.plan
     retire = {item.name: item for item in plan.retire}
     interval = busy_mark_interval(params["policy"])
     per_cloud: dict[str, list[T.CloudRun]] = {}
+    marks: dict[str, list[W.Worker]] = {}
     for name, listing in cycle.runs.items():
         if listing.error is not None:
             continue
+        cloud = listing.placement.cloud
         runs = []
         for group in cycle.groups.values():
             workers = [w for w in listing.workers if w.name in cycle.owned and w.group == group.name]
             if not workers:
                 continue
-            # The count is all of them: plan_scale then only deletes what must go whatever the count
-            # (error, drained, never registered, stopped, expired); launches are the decision's alone.
-            steps = W.plan_scale(workers, len(workers), now, params["policy"]["come_alive"])
-            steps.launch = 0
-            for index, step in enumerate(steps.steps):
-                item = retire.get(step.worker.name)
-                if item is not None and step.action == "keep":
-                    steps.steps[index] = W._retire(step.worker, retire_reason(item.reason, params["policy"]))  # pylint: disable=protected-access
-            run = T.CloudRun(T.Placement(cloud=listing.placement.cloud, count=len(workers)), provider=listing.provider,
-                             workers=workers, plan=steps)
+            run = T.CloudRun(T.Placement(cloud=cloud, count=len(workers)), provider=listing.provider, workers=workers,
+                             plan=retire_steps(workers, retire, params["policy"], now))
             run.group = group.name  # type: ignore[attr-defined]
             runs.append(run)
         for launch in plan.launches:
             if launch.cloud != name:
                 continue
             group = cycle.groups[launch.group]
-            cloud = listing.placement.cloud
             defaults = cloud.defaults
             placement = T.Placement(
                 cloud=cloud, count=launch.count, flavor=launch.flavor, image=group.image or defaults.get("image"),
@@ -351,31 +403,39 @@ def apply(cycle: Cycle, settings: dict[str, T.LaunchSettings], params: dict[str,
                 security_groups=defaults.get("security_groups") or [])
             run = T.CloudRun(placement, provider=listing.provider, plan=W.Plan(launch=launch.count))
             run.group = group.name  # type: ignore[attr-defined]
-            if not placement.image:
-                run.error = "cloud %s: no image for group %s (set groups[].image or the cloud's defaults.image)" % (
-                    name, group.name)
             runs.append(run)
-        if listing.leftovers:
-            # Disks of workers whose domain is gone (any group): removed by the cloud's first run.
-            if not runs:
-                runs.append(T.CloudRun(T.Placement(cloud=listing.placement.cloud, count=0), provider=listing.provider,
-                                       plan=W.Plan()))
-                runs[0].group = next(iter(cycle.groups))  # type: ignore[attr-defined]
-            runs[0].leftovers = list(listing.leftovers)
+        # Disks of the scaled groups' workers whose domain is gone.
+        leftovers = [n for n in listing.leftovers if (W.parse_name(n) or ("",))[0] in cycle.groups]
+        if leftovers:
+            cleanup = T.CloudRun(T.Placement(cloud=cloud, count=0), provider=listing.provider, plan=W.Plan())
+            cleanup.group = next(iter(cycle.groups))  # type: ignore[attr-defined]
+            cleanup.leftovers = leftovers
+            runs.append(cleanup)
         per_cloud[name] = runs
+        marks[name] = [w for w in listing.workers
+                       if w.name in cycle.owned and w.pool_state == W.BUSY and now - w.busy_at >= interval]
 
-    def one(name: str) -> None:
-        listing = cycle.runs[name]
-        for worker in listing.workers:
-            if worker.name in cycle.owned and worker.pool_state == W.BUSY and now - worker.busy_at >= interval:
-                try:
-                    listing.provider.mark(worker, W.META_BUSY, "%d" % now)
-                except HepinfraError as exc:
-                    listing.errors.append("%s: %s" % (worker.name, exc))
-        for run in per_cloud[name]:
-            if run.error is None:
-                T.apply(run, settings[run.group], params["drain_wait"])  # type: ignore[attr-defined]
-    T.parallel(list(per_cloud), one, len(per_cloud))
+    def mark(item: tuple[str, W.Worker]) -> None:
+        name, worker = item
+        try:
+            cycle.runs[name].provider.mark(worker, W.META_BUSY, "%d" % now)
+        except HepinfraError as exc:
+            with cycle.runs[name].lock:
+                cycle.runs[name].errors.append("%s: %s" % (worker.name, exc))
+
+    def one_job(job: tuple[str, Any]) -> None:
+        kind, item = job
+        if kind == "mark":
+            mark(item)
+        else:
+            T.apply(item, settings[item.group], params["drain_wait"])
+
+    def one_cloud(name: str) -> None:
+        # Every run of the cloud at once (each launches with up to `parallel` threads of its own);
+        # the busy marks on up to `parallel` more.
+        jobs = [("apply", run) for run in per_cloud[name]] + [("mark", (name, w)) for w in marks[name]]
+        T.parallel(jobs, one_job, len(per_cloud[name]) + params["parallel"])
+    T.parallel(list(per_cloud), one_cloud, len(per_cloud))
     for name, runs in per_cloud.items():
         cycle.applied.extend(runs)
         listing = cycle.runs[name]
@@ -466,6 +526,7 @@ def history_line(result: dict[str, Any], now: float) -> dict[str, Any]:
         "unmatched_jobs": result["unmatched_jobs"], "workers": result["workers"],
         "launched": result["launched_per_cloud"], "drained": len(result["drained"]), "deleted": len(result["deleted"]),
         "shortfall": result["shortfall"], "unfit": result["unfit"], "errors": len(result["errors"]),
+        "lock_waited": result.get("lock_waited", 0.0),
     }
 
 
@@ -497,9 +558,13 @@ class CycleLock:
 
     def __enter__(self) -> CycleLock:
         folder = os.path.dirname(self.path)
-        if folder:
-            os.makedirs(folder, exist_ok=True)
-        self.handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if folder:
+                os.makedirs(folder, exist_ok=True)
+            self.handle = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise HepinfraError("cannot open the lock file %s: %s" % (self.path, exc.strerror or exc),
+                                hint="Set lock_file to a writable path on the host the cycle runs on") from None
         started = time.monotonic()
         while True:
             try:

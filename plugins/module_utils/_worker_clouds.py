@@ -57,6 +57,7 @@ class Flavor:
     vcpus: int
     ram_mb: int
     disk_gb: int = 0
+    enabled: bool = True          # a disabled flavor takes no new servers; running ones may have it
 
 
 @dataclass
@@ -242,8 +243,8 @@ class OpenStackProvider(Provider):
 
     def flavors(self) -> list[Flavor]:
         found = self._call("list flavors", lambda: list(self.conn.compute.flavors(details=True)))
-        return [Flavor(f.name, int(f.vcpus or 0), int(f.ram or 0), int(f.disk or 0)) for f in found
-                if not getattr(f, "is_disabled", False)]
+        return [Flavor(f.name, int(f.vcpus or 0), int(f.ram or 0), int(f.disk or 0),
+                       not getattr(f, "is_disabled", False)) for f in found]
 
     def usage(self) -> Usage:
         limits = self._call("read the project's limits", self.conn.compute.get_limits).absolute

@@ -22,7 +22,10 @@ description:
     found no room are RV(plan.shortfall).
   - "The retire plan: workers idle longer than O(policy.keep_alive) after their last job, not registered within
     O(policy.come_alive), registered without a job for O(policy.job_alive), past their maximum lifetime, or in error. A
-    busy or draining worker is never in it."
+    busy or draining worker is never in it, unless its instance is in error or stopped (then it is drained, and not
+    deleted while a job runs)."
+  - Disabled clouds are read too, so that their workers are still retired; they get no launch, and one that does not
+    answer is only a warning. A cloud that does not answer is left out of the decision altogether.
   - The time of a worker's last job is what M(hepinfra.cloud.scale) records in the instance while it sees the worker
     busy; a worker never seen busy counts from its registration.
 author:
@@ -103,7 +106,7 @@ plan:
       type: list
       elements: dict
     covered:
-      description: Job shapes the group's existing or starting workers will take.
+      description: Job shapes the group's existing, starting or just planned workers (room left on them) will take.
       type: list
       elements: dict
     shortfall:
@@ -148,7 +151,7 @@ class DemandInfoModule(HepinfraModule):
         cycle = S.read(self.params, libraries, now)
         T.close_all(list(cycle.runs.values()))
         result = S.report(cycle, applied=False, now=time.time())
-        for error in cycle.errors:
+        for error in cycle.errors + cycle.warnings:
             self.module.warn(error)
         for key in ("launched", "drained", "deleted", "launched_per_cloud", "duration"):
             result.pop(key)

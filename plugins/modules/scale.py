@@ -278,6 +278,8 @@ class ScaleModule(HepinfraModule):
             T.close_all(list(cycle.runs.values()))
             result = S.report(cycle, applied=False, now=time.time())
             result.pop("launched_per_cloud")
+            for warning in cycle.warnings:
+                self.module.warn(warning)
             plan = cycle.plan
             return {"changed": bool(plan.launches or plan.retire), **result, "history": None}
         history = None
@@ -291,6 +293,7 @@ class ScaleModule(HepinfraModule):
                 T.close_all(list(cycle.runs.values()))
             done = time.time()
             result = S.report(cycle, applied=True, now=done)
+            result["lock_waited"] = round(lock.waited, 3)
             if params["history"]:
                 history = S.history_line(result, done)
                 try:
@@ -298,10 +301,12 @@ class ScaleModule(HepinfraModule):
                 except OSError as exc:
                     cycle.errors.append("history %s: %s" % (params["history"], exc))
                     result["errors"] = list(cycle.errors)
+        for warning in cycle.warnings:
+            self.module.warn(warning)
         audit = next(iter(settings.values())).audit
         changed = bool(result["launched"] or result["drained"] or result["deleted"])
         result.pop("launched_per_cloud")
-        result.update(changed=changed, history=history, lock={"file": params["lock_file"], "waited": round(lock.waited, 3)})
+        result.update(changed=changed, history=history, lock={"file": params["lock_file"], "waited": result.pop("lock_waited")})
         if audit.errors:
             self.fail("the audit log %s could not be written (the actions were done; their records are in the result): %s"
                       % (params["audit_log"], "; ".join(audit.errors)), **result)

@@ -56,8 +56,8 @@ def queue_text(idle_jobs) -> str:
     for index, (shape, _count) in enumerate(idle_jobs):
         clouds = ",".join(shape.clouds) or "undefined"
         if index % 2:
-            lines.append("%d\t%d\t%d\t%s\tundefined\t%s\t1" % (shape.cpus, shape.memory_mb, shape.disk_mb * 1024, shape.group,
-                                                           clouds))
+            lines.append("%d\t%d\t%d\t%s\tundefined\t%s\t1" % (
+                shape.cpus, shape.memory_mb, shape.disk_mb * 1024, shape.group, clouds))
         else:
             lines.append("%d\t%d\t%d\tundefined\tgroup_%s.prod.user%d\t%s\t1" % (
                 shape.cpus, shape.memory_mb, shape.disk_mb * 1024, shape.group, index % 50, clouds))

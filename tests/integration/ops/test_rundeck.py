@@ -53,8 +53,8 @@ def test_the_jobs_follow_rundecks_yaml_job_format():
             assert used <= set(names), "undefined options: %s" % (used - set(names))
         if "schedule" in job:
             schedule = job["schedule"]
-            assert set(schedule) == {"month", "year", "weekday", "time"} and set(schedule["time"]) == {"hour", "minute",
-                                                                                                      "seconds"}
+            assert set(schedule) == {"month", "year", "weekday", "time"}
+            assert set(schedule["time"]) == {"hour", "minute", "seconds"}
             assert job["scheduleEnabled"] is True
     schedules = {job["name"]: job["schedule"]["time"] for job in loaded if "schedule" in job}
     assert schedules == {"scale": {"hour": "*", "minute": "*", "seconds": "0"},

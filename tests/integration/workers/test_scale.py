@@ -13,8 +13,10 @@ The OpenStack side (Nova's flavors, limits and quota) is in test_worker_openstac
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -79,6 +81,21 @@ class Scale:
 
     def lines(self) -> list[dict]:
         return [json.loads(line) for line in self.history.read_text().splitlines()] if self.history.exists() else []
+
+
+def cycles_at_the_lock(lock: Path) -> list[str]:
+    """PIDs of hepinfra.cloud.scale module processes (ansible-playbook runs them as AnsiballZ_scale.py)
+    that have the lock file open: they are trying to take it."""
+    done = subprocess.run(["pgrep", "-f", r"^\S*python\S* \S*/AnsiballZ_scale\.py$"], capture_output=True, text=True,
+                          check=False)
+    waiting = []
+    for pid in done.stdout.split():
+        try:
+            if any(os.path.realpath(fd) == str(lock) for fd in Path(f"/proc/{pid}/fd").iterdir()):
+                waiting.append(pid)
+        except OSError:
+            continue                                   # ended meanwhile
+    return waiting
 
 
 def our_domains(conn) -> list[str]:
@@ -179,7 +196,8 @@ def test_unfit_jobs_cloud_limits_and_concurrent_cycles(htcondor_pool, libvirt_cl
     first["limits"] = {"instances": 1}
     htcondor_pool.run(["condor_rm", "-all"], user=htcondor_pool.submit_user, check=False)
     conn = libvirt.open(guest.URI)
-    scale = Scale(htcondor_pool, [first, second], tmp_path, scale_policy={"come_alive": 3600},
+    # These workers never boot: the flavors' whole memory is for jobs (no reserve for a kernel).
+    scale = Scale(htcondor_pool, [first, second], tmp_path, scale_policy={"come_alive": 3600, "memory_reserve_mb": 0},
                   scale_condor={"tokens": False, "command_prefix": ["podman", "exec", htcondor_pool.container]})
     try:
         # Jobs that fit no flavor (2 cores; 4 GiB): reported, nothing launched.
@@ -194,17 +212,34 @@ def test_unfit_jobs_cloud_limits_and_concurrent_cycles(htcondor_pool, libvirt_cl
             [(1, 4096, 1), (2, 64, 2)]
         line = scale.cycle()
         assert line["launched"] == {} and line["unfit"] == {GROUP: 3} and our_domains(conn) == []
+        # The playbook's decide-only mode: the same report, no lock, no history, nothing launched.
+        output = scale.finish(scale.start(scale_check_only=True))
+        assert re.search(r'"unfit": \{\s*"g1": 3\s*\}', output), output[-3000:]
+        assert "Decide only" in output and len(scale.lines()) == 1 and our_domains(conn) == []
 
         # 3 jobs of 128 MiB: one per w1.small worker. "lv" (priority 10) takes one, its limit;
         # "lv2" gets the rest. Two cycles started together launch once: the second waits for the
         # lock and finds the first one's workers starting.
         htcondor_pool.submit(jobs(3, memory=128))
-        runs = [scale.start(), scale.start()]
+        # A cycle takes a second here, less than ansible-playbook takes to start: so that the two
+        # surely overlap, the test holds the lock (as a slow cycle would) until both wait for it.
+        holder = os.open(tmp_path / "scale.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        try:
+            runs = [scale.start(), scale.start()]
+            wait_for(lambda: len(cycles_at_the_lock(tmp_path / "scale.lock")) == 2 or any(p.poll() is not None for p in runs),
+                     timeout=120, interval=0.2, what="both cycles to wait for the lock")
+            assert not any(p.poll() is not None for p in runs), "a cycle ended while the lock was held"
+        finally:
+            fcntl.flock(holder, fcntl.LOCK_UN)
+            os.close(holder)
         for proc in runs:
             scale.finish(proc)
         lines = scale.lines()[-2:]
         launched = [line["launched"] for line in lines]
         assert {"lv": {GROUP: 1}, "lv2": {GROUP: 2}} in launched and {} in launched, launched
+        # Both waited; the second to get the lock found the first one's workers starting.
+        assert lines[1]["launched"] == {} and all(line["lock_waited"] > 0 for line in lines), lines
         names = our_domains(conn)
         assert len(names) == 3
         assert sorted(name.split("--")[1] for name in names) == ["lv", "lv2", "lv2"]
@@ -216,7 +251,7 @@ def test_unfit_jobs_cloud_limits_and_concurrent_cycles(htcondor_pool, libvirt_cl
         # Nothing registers: past come-alive the cycle deletes them and their disks, and with the
         # jobs gone nothing new is launched.
         htcondor_pool.run(["condor_rm", "-all"], user=htcondor_pool.submit_user, check=False)
-        gone = scale.cycle(scale_policy={"come_alive": 0})
+        gone = scale.cycle(scale_policy={"come_alive": 0, "memory_reserve_mb": 0})
         assert gone["deleted"] == 3 and gone["launched"] == {} and our_domains(conn) == []
         assert not [v for p in (path, path2) for v in p.iterdir() if v.name.startswith(GROUP + "--")]
     finally:

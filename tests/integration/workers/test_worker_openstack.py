@@ -179,6 +179,7 @@ def test_a_scaling_cycle_reads_novas_flavors_usage_and_quota(os_cloud, alpha, ht
     task = {"clouds": [cloud, local],
             "groups": [{"name": GROUP, "accounting_groups": ["group_g1"], "config": "c1", "image": "wimg"}],
             "flavors": {"os": ["w1.small", "w1.medium", "w1.large"]},
+            "policy": {"memory_reserve_mb": 0},            # lv's 64 MiB flavor fits a 64 MiB job exactly
             "condor": {"tokens": False, "command_prefix": ["podman", "exec", htcondor_pool.container]},
             "lock_file": str(tmp_path / "scale.lock"), "history": "", "drain_wait": 0}
     submit = ("executable = /bin/sleep\ntransfer_executable = false\narguments = 60\naccounting_group = group_g1.prod\n"
@@ -204,7 +205,8 @@ def test_a_scaling_cycle_reads_novas_flavors_usage_and_quota(os_cloud, alpha, ht
         assert again["launched"] == [] and again["workers"]["os"] == {"starting": 2}
         # No job, and past come-alive: the workers on both clouds go.
         htcondor_pool.run(["condor_rm", "-all"], user=htcondor_pool.submit_user, check=False)
-        gone = ok(run_module("hepinfra.cloud.scale", {**task, "policy": {"come_alive": 0}}, env=env))
+        gone = ok(run_module("hepinfra.cloud.scale", {**task, "policy": {"come_alive": 0, "memory_reserve_mb": 0}},
+                             env=env))
         assert len(gone["deleted"]) == 4 and gone["launched"] == []
         wait_gone(alpha, list(servers))
     finally:

@@ -219,3 +219,19 @@ def test_queue_as_htcondor_prints_it():
     queue = D.read_queue(recorded, {"group_atlas": "atlas"})
     assert queue.idle == {D.Shape("belle", 2, 3000, 1954, ("c1", "c2")): 3, D.Shape("atlas", 1, 1, 1): 2}
     assert queue.unmatched == 1
+
+
+def test_room_left_on_new_workers_serves_the_next_shapes_of_the_group():
+    jobs = {D.Shape("atlas", 1, 1000): 3, D.Shape("atlas", 1, 500): 1, D.Shape("belle", 1, 500): 1}
+    result = D.plan(jobs, [cloud("a", flavors=(SMALL,))], [], D.Policy(), NOW)
+    # 3 jobs: 2 workers of 2 cores, the second half full; the 500 MiB job takes that half, not a third
+    # worker. Another group's job does not.
+    assert result.launched() == {("a", "atlas", "s"): 2, ("a", "belle", "s"): 1}
+
+
+def test_usable_memory_decides_the_fit_and_limits_count_the_whole_flavor():
+    flavor = D.Flavor("m", 2, 4096, usable_mb=3800)
+    jobs = {D.Shape("atlas", 1, 4000): 1, D.Shape("atlas", 1, 1900): 4}
+    result = D.plan(jobs, [cloud("a", flavors=(flavor,), ram_mb=8192)], [], D.Policy(), NOW)
+    assert result.unfit == {D.Shape("atlas", 1, 4000): 1}       # fits 4096 on paper, not what HTCondor offers
+    assert result.launched() == {("a", "atlas", "m"): 2}        # 2 x 1900 per worker; 2 x 4096 reaches the limit

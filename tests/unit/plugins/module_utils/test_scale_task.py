@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from ansible_collections.hepinfra.cloud.plugins.module_utils import _demand as D, _scale_task as S, _workers as W
+from ansible_collections.hepinfra.cloud.plugins.module_utils import _clouds, _demand as D, _scale_task as S, _workers as W
+from ansible_collections.hepinfra.cloud.plugins.module_utils import _worker_clouds as C, _worker_task as T
 from ansible_collections.hepinfra.cloud.plugins.module_utils._base import HepinfraError
 
 NOW = 1_800_000_000.0
@@ -21,7 +22,7 @@ def params(**extra):
                         "image": None}],
             "flavors": {}, "schedds": [],
             "policy": {"keep_alive": 600, "come_alive": 1800, "job_alive": 1800, "max_starting": None,
-                       "max_launches": None, "idle_enough": None}}
+                       "max_launches": None, "idle_enough": None, "memory_reserve_mb": None}}
     base.update(extra)
     return base
 
@@ -175,3 +176,84 @@ def test_history_lines_append(tmp_path):
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert [line["time"] for line in lines] == ["2027-01-15T08:00:00Z", "2027-01-15T08:01:00Z"]
     assert lines[0]["launched"] == {"c1": {"atlas": 2}} and lines[0]["drained"] == 1 and lines[0]["deleted"] == 2
+
+
+def clouds(*entries):
+    return sorted(_clouds.normalize(list(entries)).values(), key=lambda c: (-c.priority, c.name))
+
+
+def libvirt(name, **extra):
+    return {"name": name, "type": "libvirt", "libvirt": {"uri": "qemu:///system", "pool": "p",
+                                                         "flavors": {"w": {"vcpus": 2, "memory_mb": 2048}}}, **extra}
+
+
+def openstack(name, **extra):
+    return {"name": name, "type": "openstack", "openstack": {"cloud": name}, **extra}
+
+
+def test_every_cloud_a_group_may_use_must_host_its_workers():
+    groups = S.check(params(groups=[group("atlas", clouds=["os1", "hv1"]), group("belle")]))
+    groups["atlas"].image = "img"
+    ok = clouds(libvirt("hv1", defaults={"image": "img"}), openstack("os1", defaults={"network": "n", "image": "img"}))
+    S.check_clouds(groups, ok)
+    with pytest.raises(HepinfraError) as caught:
+        S.check_clouds(groups, clouds(libvirt("hv1"), openstack("os1"), libvirt("hv--2", enabled=False),
+                                      libvirt("x--y")))
+    text = str(caught.value)
+    assert "cloud os1 has no defaults.network" in text                     # workers could not reach the pool
+    assert "group belle has no image on cloud hv1" in text
+    assert "x--y" in text                                                   # not a valid part of a worker name
+    assert "hv--2" not in text                                              # disabled: no launch there
+    with pytest.raises(HepinfraError, match="group atlas names unknown clouds: os1"):
+        S.check_clouds(groups, clouds(libvirt("hv1", defaults={"image": "img"})))
+
+
+def listing(cloud, workers, error=None):
+    run = T.CloudRun(T.Placement(cloud=cloud, count=0), workers=workers)
+    run.error = error
+    return run
+
+
+def test_the_decision_sees_only_the_scaled_groups_and_clouds_that_answered():
+    groups = S.check(params(groups=[group("atlas")]))
+    hv1, hv2, os1 = clouds(libvirt("hv1", limits={"cores": 10}), libvirt("hv2"),
+                           openstack("os1", limits={"instances": 20, "count_project_usage": True}))
+    cycle = S.Cycle(started=NOW, groups=groups, clouds=[hv1, hv2, os1])
+    starting = worker(name="atlas--hv1--u1", uuid="u1", cloud="hv1", flavor="w")
+    other_config = worker(name="atlas--hv1--u2", uuid="u2", cloud="hv1", flavor="w", config="manual")
+    other_group = worker(name="cms--hv1--u3", uuid="u3", cloud="hv1", group="cms", flavor="w")
+    lost = worker(name="atlas--hv2--u4", uuid="u4", cloud="hv2", flavor="w")
+    for item in (starting, other_config, other_group, lost):
+        W.attach_slots([item], [])
+    cycle.runs = {"hv1": listing(hv1, [starting, other_config, other_group]), "hv2": listing(hv2, [lost], "down"),
+                  "os1": listing(os1, [])}
+    size = C.Flavor("w", 2, 2048)
+    cycle.cloud_info = {"hv1": {"ok": True, "flavors": [size], "sizes": {"w": size}},
+                        "hv2": {"ok": False, "error": "down"},
+                        "os1": {"ok": True, "flavors": [C.Flavor("m1", 4, 8192)], "sizes": {},
+                                "usage": C.Usage(cores=30, ram_mb=60000, instances=12,
+                                                 quota={"cores": 40, "ram_mb": None, "instances": 50})}}
+    S.build(cycle, params()["policy"], NOW)
+    assert [w.name for w in cycle.workers] == ["atlas--hv1--u1"]             # not another config, group or cloud
+    assert (cycle.workers[0].state, cycle.workers[0].free_cpus, cycle.workers[0].free_memory_mb) == (D.STARTING, 2, 1946)
+    by_name = {c.name: c for c in cycle.decision_clouds}
+    assert sorted(by_name) == ["hv1", "os1"]                                 # hv2 did not answer: left out
+    # Every owned worker counts against the cloud's limits, whatever its group or config.
+    assert (by_name["hv1"].used.cores, by_name["hv1"].used.instances, by_name["hv1"].cores) == (6, 3, 10)
+    # Project usage and Nova's quota: the tighter of the site's limit and the quota.
+    assert (by_name["os1"].used.cores, by_name["os1"].cores, by_name["os1"].instances) == (30, 40, 20)
+    assert by_name["os1"].flavors == [D.Flavor("m1", 4, 8192, 0, 7783)]
+
+
+def test_a_draining_worker_is_never_drained_again():
+    retire = {"atlas--c1--a": D.Retire("atlas--c1--a", "c1", "atlas", "error"),
+              "atlas--c1--b": D.Retire("atlas--c1--b", "c1", "atlas", "idle")}
+    policy = params()["policy"]
+    failing = worker(name="atlas--c1--a", uuid="a", cloud_state=W.FAILED, draining_since=NOW - 60)
+    idle = worker(name="atlas--c1--b", uuid="b")
+    claimed = slot(HepinfraWorkerUuid="a", State="Claimed", Activity="Busy")
+    W.attach_slots([failing, idle], [claimed, slot(HepinfraWorkerUuid="b", Cpus=2, Memory=2000)])
+    steps = {step.worker.name: step for step in S.retire_steps([failing, idle], retire, policy, NOW).steps}
+    assert steps["atlas--c1--a"].action == "keep"                 # its job may finish; drained once already
+    assert steps["atlas--c1--b"].action == "drain" and steps["atlas--c1--b"].reason.startswith(
+        "idle longer than keep_alive (600 s)")
