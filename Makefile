@@ -28,7 +28,7 @@ TESTBED := $(BIN)/python -m hepinfra_testbed
 APT_PACKAGES := git make rsync podman runc netavark aardvark-dns slirp4netns uidmap fuse-overlayfs \
 	debootstrap mmdebstrap zstd iptables dnsmasq-base libvirt-daemon-system libvirt-clients qemu-system-x86 \
 	qemu-utils cloud-image-utils libvirt-dev pkg-config gcc python3-dev postgresql redis-server time \
-	libnbd-bin e2fsprogs systemd
+	libnbd-bin e2fsprogs systemd chromium-headless-shell
 
 ROLES := $(sort $(notdir $(patsubst %/molecule/,%,$(dir $(wildcard roles/*/molecule/)))))
 INTEGRATION_TARGETS := $(notdir $(wildcard tests/integration/targets/*))
