@@ -202,7 +202,8 @@ def read_queues(cycle: Cycle, condor: W.Condor, schedds: list[str]) -> None:
 
 
 def read_clouds(cycle: Cycle, libraries: dict[str, Any], flavor_names: dict[str, list[str]]) -> None:
-    """List every owned worker on every enabled cloud at once, with each cloud's flavors and usage."""
+    """List every owned worker on every cloud (disabled ones too: their workers are retired) at once, with
+    each cloud's flavors and usage."""
     runs = [T.CloudRun(T.Placement(cloud=cloud, count=0)) for cloud in cycle.clouds]
     T.connect_and_list(runs, libraries, None, None)
 
