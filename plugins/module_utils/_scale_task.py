@@ -43,17 +43,7 @@ SCALE_SPEC: dict[str, dict[str, Any]] = {
         "idle_enough": {"type": "int"},
         "memory_reserve_mb": {"type": "int"},
     }},
-    "condor": {"type": "dict", "default": {}, "options": {
-        "trust_domain": {"type": "str"},
-        "central_manager": {"type": "str"},
-        "command_prefix": {"type": "list", "elements": "str", "default": []},
-        "tokens": {"type": "bool", "default": True},
-        "identity_prefix": {"type": "str", "default": "worker-"},
-        "authz": {"type": "list", "elements": "str", "default": list(W.TOKEN_AUTHZ), "choices": list(W.TOKEN_AUTHZ)},
-        "signing_key": {"type": "str", "no_log": False},
-        "token_lifetime": {"type": "int", "no_log": False},
-        "timeout": {"type": "int", "default": 60},
-    }},
+    "condor": {"type": "dict", "default": {}, "options": T.CONDOR_OPTIONS},
 }
 SHARED_SPECS["scale"] = SCALE_SPEC
 
@@ -160,10 +150,7 @@ def policy_of(params: dict[str, Any]) -> D.Policy:
 
 
 def condor_of(params: dict[str, Any]) -> W.Condor:
-    condor = params["condor"]
-    return W.Condor(prefix=condor["command_prefix"], trust_domain=condor["trust_domain"] or "",
-                    identity_prefix=condor["identity_prefix"], authz=tuple(condor["authz"]), key=condor["signing_key"],
-                    timeout=condor["timeout"])
+    return T.condor_of(params["condor"])
 
 
 def accounting_map(groups: dict[str, Group]) -> dict[str, str]:

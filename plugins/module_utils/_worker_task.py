@@ -26,6 +26,46 @@ TOKEN_FILE = "/etc/condor/tokens.d/hepinfra-worker"
 ATTRIBUTES_FILE = "/etc/condor/config.d/55-hepinfra-worker.conf"
 
 
+# How the worker and scale modules reach the pool and mint worker tokens (option specs both use).
+CONDOR_OPTIONS: dict[str, dict[str, Any]] = {
+    "trust_domain": {"type": "str"},
+    "central_manager": {"type": "str"},
+    "command_prefix": {"type": "list", "elements": "str", "default": []},
+    "tokens": {"type": "bool", "default": True},
+    "identity_prefix": {"type": "str", "default": "worker-"},
+    "authz": {"type": "list", "elements": "str", "default": list(W.TOKEN_AUTHZ), "choices": list(W.TOKEN_AUTHZ)},
+    "signing_key": {"type": "str", "no_log": False},
+    "token_lifetime": {"type": "int", "no_log": False},
+    "timeout": {"type": "int", "default": 60},
+}
+
+# Registering workers in NetBox.
+NETBOX_OPTIONS: dict[str, dict[str, Any]] = {
+    "url": {"type": "str", "required": True},
+    "token": {"type": "str", "required": True, "no_log": True},
+    "cluster": {"type": "str", "required": True},
+    "role": {"type": "str"},
+    "validate_certs": {"type": "bool", "default": True},
+}
+
+
+def condor_of(options: dict[str, Any]) -> W.Condor:
+    """The HTCondor tools as the module's condor options describe them."""
+    return W.Condor(prefix=options["command_prefix"], trust_domain=options["trust_domain"] or "",
+                    identity_prefix=options["identity_prefix"], authz=tuple(options["authz"]), key=options["signing_key"],
+                    timeout=options["timeout"])
+
+
+def check_tokens(options: dict[str, Any], max_lifetime: int) -> None:
+    """Token settings that the argument spec cannot check."""
+    if options["tokens"] and not options["trust_domain"]:
+        raise HepinfraError("condor.trust_domain is needed to mint worker tokens",
+                            hint="Set it, or condor.tokens=false when the user-data authenticates workers")
+    lifetime = options["token_lifetime"]
+    if lifetime is not None and not 0 < lifetime <= max_lifetime:
+        raise HepinfraError("condor.token_lifetime must be between 1 and max_lifetime (%d)" % max_lifetime)
+
+
 @dataclass
 class Placement:
     """Workers of the task's group and config on one cloud."""

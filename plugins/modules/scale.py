@@ -230,13 +230,7 @@ class ScaleModule(HepinfraModule):
         history=dict(type="path", default="~/.local/state/hepinfra-cloud/scale-history.jsonl"),
         lock_file=dict(type="path", default="~/.local/state/hepinfra-cloud/scale.lock"),
         lock_timeout=dict(type="int", default=900),
-        netbox=dict(type="dict", options=dict(
-            url=dict(type="str", required=True),
-            token=dict(type="str", required=True, no_log=True),
-            cluster=dict(type="str", required=True),
-            role=dict(type="str"),
-            validate_certs=dict(type="bool", default=True),
-        )),
+        netbox=dict(type="dict", options=T.NETBOX_OPTIONS),
     )
     shared_specs = ("clouds", "scale")
 
@@ -248,13 +242,7 @@ class ScaleModule(HepinfraModule):
         for key in ("drain_wait", "lock_timeout"):
             if params[key] < 0:
                 raise HepinfraError("%s must be 0 or more" % key)
-        condor = params["condor"]
-        if condor["tokens"] and not condor["trust_domain"]:
-            raise HepinfraError("condor.trust_domain is needed to mint worker tokens",
-                                hint="Set it, or condor.tokens=false when the user-data authenticates workers")
-        lifetime = condor["token_lifetime"]
-        if lifetime is not None and not 0 < lifetime <= params["max_lifetime"]:
-            raise HepinfraError("condor.token_lifetime must be between 1 and max_lifetime (%d)" % params["max_lifetime"])
+        T.check_tokens(params["condor"], params["max_lifetime"])
         S.check(params)
 
     def _settings(self, groups: dict[str, S.Group]) -> dict[str, T.LaunchSettings]:

@@ -380,25 +380,8 @@ class WorkerModule(HepinfraModule):
         wait_timeout=dict(type="int", default=900),
         parallel=dict(type="int", default=8),
         audit_log=dict(type="path", default="~/.local/state/hepinfra-cloud/worker-audit.jsonl"),
-        condor=dict(type="dict", required=True, options=dict(
-            trust_domain=dict(type="str"),
-            central_manager=dict(type="str"),
-            command_prefix=dict(type="list", elements="str", default=[]),
-            tokens=dict(type="bool", default=True),
-            collector=dict(type="bool", default=True),
-            identity_prefix=dict(type="str", default="worker-"),
-            authz=dict(type="list", elements="str", default=list(W.TOKEN_AUTHZ), choices=list(W.TOKEN_AUTHZ)),
-            signing_key=dict(type="str", no_log=False),
-            token_lifetime=dict(type="int", no_log=False),
-            timeout=dict(type="int", default=60),
-        )),
-        netbox=dict(type="dict", options=dict(
-            url=dict(type="str", required=True),
-            token=dict(type="str", required=True, no_log=True),
-            cluster=dict(type="str", required=True),
-            role=dict(type="str"),
-            validate_certs=dict(type="bool", default=True),
-        )),
+        condor=dict(type="dict", required=True, options=dict(T.CONDOR_OPTIONS, collector=dict(type="bool", default=True))),
+        netbox=dict(type="dict", options=T.NETBOX_OPTIONS),
     )
     shared_specs = ("clouds",)
 
@@ -419,14 +402,9 @@ class WorkerModule(HepinfraModule):
         if len(set(names)) != len(names):
             raise HepinfraError("placements name a cloud twice: %s" % ", ".join(sorted({n for n in names if names.count(n) > 1})))
         condor = params["condor"]
-        if condor["tokens"] and not condor["trust_domain"]:
-            raise HepinfraError("condor.trust_domain is needed to mint worker tokens",
-                                hint="Set it, or condor.tokens=false when the user-data authenticates workers")
+        T.check_tokens(condor, params["max_lifetime"])
         if params["wait"] == "registered" and not condor["collector"]:
             raise HepinfraError("wait=registered needs the collector (condor.collector=true)")
-        lifetime = condor["token_lifetime"]
-        if lifetime is not None and not 0 < lifetime <= params["max_lifetime"]:
-            raise HepinfraError("condor.token_lifetime must be between 1 and max_lifetime (%d)" % params["max_lifetime"])
 
     def _placements(self) -> list[T.Placement]:
         params = self.params
@@ -465,9 +443,7 @@ class WorkerModule(HepinfraModule):
         self._check()
         placements = self._placements()
         condor_params = params["condor"]
-        condor = W.Condor(prefix=condor_params["command_prefix"], trust_domain=condor_params["trust_domain"] or "",
-                          identity_prefix=condor_params["identity_prefix"], authz=tuple(condor_params["authz"]),
-                          key=condor_params["signing_key"], timeout=condor_params["timeout"])
+        condor = T.condor_of(condor_params)
         libraries = {name: optional_import(name)[0] for name in ("openstack", "libvirt", "pycdlib")}
         netbox = None
         if params["netbox"] and not self.check_mode:
