@@ -220,93 +220,97 @@ def _libvirt_reachable() -> bool:
     return run(["virsh", "-c", guest.URI, "list", "--name"], check=False, timeout=60).returncode == 0
 
 
-def _network_xml() -> str:
-    first, last = SUBNET.network_address + 10, SUBNET.broadcast_address - 1
+def _network_xml(name: str, bridge: str, subnet: ipaddress.IPv4Network) -> str:
+    first, last = subnet.network_address + 10, subnet.broadcast_address - 1
     return f"""<network>
-  <name>{NETWORK}</name>
+  <name>{name}</name>
   <metadata><tb:testbed xmlns:tb='{LIBVIRT_NS}'>pool</tb:testbed></metadata>
   <forward mode='nat'/>
-  <bridge name='{BRIDGE}' stp='off' delay='0'/>
-  <ip address='{BRIDGE_ADDRESS}' netmask='{SUBNET.netmask}'>
+  <bridge name='{bridge}' stp='off' delay='0'/>
+  <ip address='{subnet.network_address + 1}' netmask='{subnet.netmask}'>
     <dhcp><range start='{first}' end='{last}'/></dhcp>
   </ip>
 </network>
 """
 
 
-def _network_owned() -> bool | None:
+def _network_owned(name: str = NETWORK) -> bool | None:
     """None: no such network; True: the testbed's; raises if someone else's has the name."""
-    probe = run(["virsh", "-c", guest.URI, "net-dumpxml", NETWORK], check=False, timeout=30)
+    probe = run(["virsh", "-c", guest.URI, "net-dumpxml", name], check=False, timeout=30)
     if probe.returncode != 0:
         return None
     metadata = ElementTree.fromstring(probe.stdout).find("metadata")
     if metadata is None or metadata.find(f"{{{LIBVIRT_NS}}}testbed") is None:
-        raise TestbedError(f"libvirt network {NETWORK} exists but was not created by the testbed; remove or rename it")
+        raise TestbedError(f"libvirt network {name} exists but was not created by the testbed; remove or rename it")
     return True
 
 
-def _network_active() -> bool:
+def _network_active(name: str = NETWORK) -> bool:
     out = run(["virsh", "-c", guest.URI, "net-list", "--name"], check=False, timeout=30).stdout
-    return NETWORK in out.split()
+    return name in out.split()
 
 
-def _network_up() -> None:
-    """A transient NAT network (gone when destroyed) on a subnet nothing else here uses."""
-    if _network_owned():
-        if _network_active():
+def network_up(name: str = NETWORK, bridge: str = BRIDGE, subnet: ipaddress.IPv4Network = SUBNET) -> None:
+    """A transient NAT network (gone when destroyed) on a subnet nothing else here uses; the
+    machine has the subnet's first address on the bridge."""
+    if _network_owned(name):
+        if _network_active(name):
             return
-        run(["virsh", "-c", guest.URI, "net-undefine", NETWORK], check=False)
+        run(["virsh", "-c", guest.URI, "net-undefine", name], check=False)
     routes = json.loads(run(["ip", "-j", "route"]).stdout or "[]")
     for route in routes:
-        if route.get("dst", "default") != "default" and ipaddress.ip_network(route["dst"], strict=False).overlaps(SUBNET):
-            raise TestbedError(f"{SUBNET} is already routed here ({route['dst']} dev {route.get('dev')}); "
-                               f"the pool's libvirt network needs it free")
+        if route.get("dst", "default") != "default" and ipaddress.ip_network(route["dst"], strict=False).overlaps(subnet):
+            raise TestbedError(f"{subnet} is already routed here ({route['dst']} dev {route.get('dev')}); "
+                               f"the libvirt network {name} needs it free")
     with tempfile.NamedTemporaryFile("w", suffix=".xml", prefix="hepinfra-tb-pool-") as xml:
-        xml.write(_network_xml())
+        xml.write(_network_xml(name, bridge, subnet))
         xml.flush()
         run(["virsh", "-c", guest.URI, "net-create", xml.name], timeout=60)
-    log(f"libvirt network {NETWORK} up: bridge {BRIDGE} {BRIDGE_ADDRESS}/{SUBNET.prefixlen}")
+    log(f"libvirt network {name} up: bridge {bridge} {subnet.network_address + 1}/{subnet.prefixlen}")
 
 
-def _network_down() -> bool:
-    if not _network_owned():
+def network_down(name: str = NETWORK) -> bool:
+    """Remove the testbed's libvirt network of that name; True if there was one."""
+    if not _network_owned(name):
         return False
-    run(["virsh", "-c", guest.URI, "net-destroy", NETWORK], check=False, timeout=60)
-    run(["virsh", "-c", guest.URI, "net-undefine", NETWORK], check=False, timeout=60)
+    run(["virsh", "-c", guest.URI, "net-destroy", name], check=False, timeout=60)
+    run(["virsh", "-c", guest.URI, "net-undefine", name], check=False, timeout=60)
     return True
 
 
 # -- the test host ---------------------------------------------------------------------------------
 
 
-def _host_up() -> None:
-    """A systemd test host in the machine's network namespace (podman.host_up uses a podman network)."""
+def host_network_host_up(host: str = HOST, address: str = BRIDGE_ADDRESS, extra: Sequence[str] = ()) -> None:
+    """A systemd test host in the machine's network namespace (podman.host_up uses a podman network),
+    its name resolving to address (a bridge address HTCondor is to bind to) inside it."""
     ref = podman_image("trixie")
-    podman.host_down(HOST)  # refuses a container the testbed did not create
-    log(f"starting test host {HOST} (trixie) in the host network, HTCondor on {BRIDGE_ADDRESS} only")
+    podman.host_down(host)  # refuses a container the testbed did not create
+    log(f"starting test host {host} (trixie) in the host network, HTCondor on {address} only")
     podman.podman(
         "run", "-d",
-        "--name", HOST,
-        "--hostname", HOST,
-        "--add-host", f"{HOST}:{BRIDGE_ADDRESS}",
+        "--name", host,
+        "--hostname", host,
+        "--add-host", f"{host}:{address}",
         "--label", f"{LABEL}=host",
+        *extra,
         "--network", "host",
         "--systemd=always",
         ref, "/sbin/init",
     )
 
     def systemd_ready() -> bool:
-        state = podman.podman("exec", HOST, "systemctl", "is-system-running", check=False, timeout=30).stdout.strip()
+        state = podman.podman("exec", host, "systemctl", "is-system-running", check=False, timeout=30).stdout.strip()
         return state in ("running", "degraded")
 
-    wait_for(systemd_ready, timeout=120, what=f"systemd in {HOST}")
+    wait_for(systemd_ready, timeout=120, what=f"systemd in {host}")
     # The host shares the machine's network: no package may start a daemon that listens on it.
     # The htcondor package recommends openssh-server, which would listen on port 22 of every
     # interface; policy-rc.d keeps package installs from starting services (the role starts
     # HTCondor itself) and the mask keeps sshd off for good.
-    podman.podman("exec", "-i", HOST, "sh", "-c", "cat > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d",
+    podman.podman("exec", "-i", host, "sh", "-c", "cat > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d",
                   input_text="#!/bin/sh\n# hepinfra testbed: packages start no services on this host\nexit 101\n")
-    podman.podman("exec", HOST, "systemctl", "mask", "ssh.service", "ssh.socket")
+    podman.podman("exec", host, "systemctl", "mask", "ssh.service", "ssh.socket")
 
 
 # -- ansible-playbook --------------------------------------------------------------------------------
@@ -404,8 +408,8 @@ def pool_up(reuse: bool = True) -> Pool:
         # Recorded first, so that pool_down finds what to remove even after a failure half-way.
         _state().write_text(info.as_json())
         try:
-            _network_up()
-            _host_up()
+            network_up()
+            host_network_host_up()
             _deploy(workdir)
             info.run(["useradd", "--create-home", "--shell", "/bin/sh", SUBMIT_USER])
             info.execute_config = render_execute_config(BRIDGE_ADDRESS, TRUST_DOMAIN, None, WORKER_CONFIG)
@@ -432,7 +436,7 @@ def _pool_down() -> bool:
         podman.host_down(HOST)
         removed = True
     if _libvirt_reachable():
-        removed = _network_down() or removed
+        removed = network_down() or removed
         if info and info.libvirtd_started and not guest.owned_guests():
             guest.daemon_down()
     shutil.rmtree(_workdir(), ignore_errors=True)
