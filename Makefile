@@ -90,9 +90,11 @@ test: ## the whole test suite (what CI runs)
 	@$(STAGE) bootstrap $(MAKE) --no-print-directory bootstrap
 	@$(STAGE) lint $(MAKE) --no-print-directory lint
 	@$(STAGE) sanity $(MAKE) --no-print-directory sanity
+	@$(STAGE) docs $(MAKE) --no-print-directory docs
 	@$(STAGE) units $(MAKE) --no-print-directory units
 	@$(STAGE) testbed $(MAKE) --no-print-directory testbed-test
 	@$(STAGE) integration $(MAKE) --no-print-directory integration
+	@$(STAGE) demo $(MAKE) --no-print-directory demo demo-clean
 	@$(STAGE) molecule $(MAKE) --no-print-directory molecule-all
 	@$(STAGE) build $(MAKE) --no-print-directory build
 	@echo; echo "Stage times:"; cat $(STAGE_TIMINGS)
@@ -189,10 +191,25 @@ build: bootstrap ## build the collection artifact and check ansible-doc reads it
 	ANSIBLE_COLLECTIONS_PATH=$(TMP)/installed $(BIN)/ansible-doc -t role -l hepinfra.cloud
 	ANSIBLE_COLLECTIONS_PATH=$(TMP)/installed $(BIN)/ansible-doc -t role hepinfra.cloud.common | grep -q common_timezone
 
+# The documentation site: a page per module, plugin and role from the documentation in the code
+# (antsibull-docs), the guides of docs/ and the roles' READMEs (myst-parser), built by Sphinx.
+# Nothing is fetched (docs/sphinx/conf.py has no intersphinx). The linter checks the plugins'
+# and roles' documentation and its references; rstcheck is left to Sphinx, which reads the same
+# RST with -W: any warning (markup, a broken link, a page in no toctree) fails the target.
+DOCS := $(TMP)/docs
+.PHONY: docs
+docs: bootstrap ## the documentation site (plugins, roles, guides) into .tmp/docs/html
+	cd $(COLLECTION) && $(BIN)/antsibull-docs lint-collection-docs --plugin-docs --skip-rstcheck --validate-collection-refs dependent --disallow-unknown-collection-refs .
+	@rm -rf $(DOCS) && mkdir -p $(DOCS)/src && chmod og-w $(DOCS)/src
+	$(BIN)/antsibull-docs --config-file docs/sphinx/antsibull-docs.cfg collection --use-current --fail-on-error --dest-dir $(DOCS)/src hepinfra.cloud
+	@cp --parents docs/*.md roles/*/README.md $(DOCS)/src/ && cp docs/sphinx/index.rst $(DOCS)/src/
+	$(BIN)/sphinx-build -q -b html -W --keep-going -c docs/sphinx -d $(DOCS)/doctrees $(DOCS)/src $(DOCS)/html
+	@echo "==> $(DOCS)/html/index.html"
+
 # -- the main job on local hosts ---------------------------------------------------------
 
 .PHONY: demo
-demo: bootstrap ## run playbooks/site.yml on local test hosts (the main job)
+demo: bootstrap ## the whole site on local hosts: site.yml, worker image, local libvirt cloud, jobs, scale.yml cycles, status page
 	@export CONTAINERS_CONF=$$($(TESTBED) conf); $(BIN)/python -m hepinfra_testbed.demo up
 
 .PHONY: demo-clean

@@ -218,6 +218,10 @@ def read_clouds(cycle: Cycle, libraries: dict[str, Any], flavor_names: dict[str,
     T.parallel(runs, capacity, len(runs))
     for run in runs:
         cycle.runs[run.name] = run
+        # e.g. an OpenStack application credential close to its expiry (credential_warning_days)
+        for warning in getattr(run.provider, "warnings", None) or []:
+            if warning not in cycle.warnings:
+                cycle.warnings.append(warning)
         if run.error is not None:
             cycle.cloud_info[run.name] = {"ok": False, "error": run.error}
             text = run.error if run.name in run.error else "cloud %s: %s" % (run.name, run.error)

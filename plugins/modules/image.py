@@ -63,7 +63,7 @@ options:
   state:
     description:
       - V(present) makes the image current on every selected cloud; V(absent) deletes every version no instance
-        uses (versions in use are kept and listed in RV(clouds[].kept_in_use)).
+        uses (versions in use are kept and listed per cloud in RV(clouds.kept_in_use)).
     type: str
     choices: [present, absent]
     default: present

@@ -6,6 +6,7 @@ test_worker_guest.py); the API side is real: servers, metadata, quotas, errors, 
 
 from __future__ import annotations
 
+import datetime
 import json
 import time
 import uuid
@@ -212,6 +213,29 @@ def test_a_scaling_cycle_reads_novas_flavors_usage_and_quota(os_cloud, alpha, ht
     finally:
         htcondor_pool.run(["condor_rm", "-all"], user=htcondor_pool.submit_user, check=False)
         alpha.compute.delete_server(other, ignore_missing=True)
+
+
+def test_a_cycle_warns_of_an_application_credential_close_to_expiry(compute, os_cloud, htcondor_pool, run_module,
+                                                                     tmp_path):
+    """The scaling modules pass on the clouds' credential warnings: a cycle run from a timer is where an
+    expiring application credential is seen first."""
+    # pylint: disable=redefined-outer-name
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=5)
+    credential = testbed.application_credential("alpha", "hepinfra-scale-" + tmp_path.name[-8:], expires_at=expires)
+    cloud = dict(os_cloud, credential_warning_days=14, openstack={
+        "region_name": compute.compute["region"],
+        "auth": {"auth_url": compute.auth("alpha")["auth_url"], "application_credential_id": credential["id"],
+                 "application_credential_secret": credential["secret"]}})
+    task = {"clouds": [cloud], "groups": [{"name": GROUP, "accounting_groups": ["group_g1"], "image": "wimg"}],
+            "condor": {"tokens": False, "command_prefix": ["podman", "exec", htcondor_pool.container]}}
+    env = {"CONTAINERS_CONF": str(podman.containers_conf())}
+    for module in ("hepinfra.cloud.demand_info", "hepinfra.cloud.scale"):
+        extra = {"lock_file": str(tmp_path / "scale.lock"), "history": ""} if module.endswith("scale") else {}
+        outcome = run_module(module, {**task, **extra}, env=env)
+        result = ok(outcome)
+        assert result["clouds"]["os"]["ok"], result["clouds"]["os"]
+        assert "cloud os: its application credential expires in" in outcome.output, (module, outcome.output[-2000:])
+        assert credential["secret"] not in outcome.output
 
 
 def test_the_awx_openstack_credential_reaches_the_cloud(os_cloud, alpha, run_module, tmp_path):

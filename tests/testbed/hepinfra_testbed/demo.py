@@ -230,7 +230,7 @@ def cloud(boot_dir: Path) -> dict:
     }
 
 
-def scale_vars(boot_dir: Path, execute_config: str) -> dict:
+def scale_vars(boot_dir: Path) -> dict:
     return {
         "hepinfra_clouds": [cloud(boot_dir)],
         "scale_groups": [{"name": GROUP, "accounting_groups": [f"group_{GROUP}"], "image": IMAGE}],
@@ -242,7 +242,10 @@ def scale_vars(boot_dir: Path, execute_config: str) -> dict:
             {"type": "file", "path": "/etc/condor/config.d/50-hepinfra.conf",
              "content": "{% raw %}{{ condor_config }}{% endraw %}"},
             {"type": "shell", "content": "#!/bin/sh\nsystemctl restart condor\n", "template": False}],
-        "scale_user_data_context": {"condor_config": execute_config},
+        # scale.yml renders the workers' HTCondor configuration with the htcondor role (execute_config)
+        "scale_user_data_context": {"condor_config": "{{ htcondor_execute_config }}"},
+        "htcondor_startd_attrs": {"HepSite": "demo", "HepCloud": CLOUD},
+        "htcondor_extra_config": pool.WORKER_CONFIG,     # the demo's short update intervals
         "scale_history": str(WORKDIR / "scale-history.jsonl"),
         "scale_audit_log": str(WORKDIR / "workers-audit.jsonl"),
         "scale_lock_file": str(WORKDIR / "scale.lock"),
@@ -290,12 +293,15 @@ def site() -> None:
     fetch = ("import urllib.request as u; print(u.build_opener(u.ProxyHandler({'http': 'http://127.0.0.1:3128'}))"
              ".open('http://cvmfs-stratum-one.cern.ch/cvmfs/atlas.cern.ch/.cvmfswhitelist', timeout=30).read().decode())")
     fetched = podman.podman("exec", "demo-squid", "python3", "-c", fetch, check=False).stdout
-    say(f"squid on demo-squid serves the CVMFS whitelist: {'yes' if 'atlas.cern.ch' in fetched else 'NO'}")
-    agent = podman.podman("exec", "demo-squid", "systemctl", "is-active", "shoal-agent", check=False).stdout.strip()
-    say(f"shoal agent on demo-squid: {agent}; RabbitMQ: "
-        + podman.podman("exec", "demo-squid", "systemctl", "is-active", "rabbitmq-server", check=False).stdout.strip())
-    say("ganglia gmetad on demo-monitor: "
-        + podman.podman("exec", "demo-monitor", "systemctl", "is-active", "gmetad", check=False).stdout.strip())
+    if "atlas.cern.ch" not in fetched:
+        raise TestbedError("squid on demo-squid did not serve the CVMFS whitelist of its stratum-1")
+    say("squid on demo-squid serves CVMFS (the stand-in stratum-1's whitelist) through port 3128")
+    for host, unit in (("demo-squid", "shoal-agent"), ("demo-squid", "rabbitmq-server"), ("demo-monitor", "gmetad"),
+                       ("demo-monitor", "ganglia-monitor"), (HEAD, "condor")):
+        state = podman.podman("exec", host, "systemctl", "is-active", unit, check=False).stdout.strip()
+        if state != "active":
+            raise TestbedError(f"{unit} on {host} is {state or 'unknown'}, not active")
+        say(f"{unit:<16} active on {host}")
 
 
 def worker_image() -> Path:
@@ -369,8 +375,8 @@ def backup() -> None:
 
 def status(values: dict) -> str:
     dest = WORKDIR / "status"
-    playbook("hepinfra.cloud.status", extra={**values, "status_dir": str(dest),
-                                              "backup_summary_dir": str(WORKDIR / "backup")})
+    values = {**values, "status_dir": str(dest), "backup_summary_dir": str(WORKDIR / "backup")}
+    playbook("hepinfra.cloud.status", extra=values)
     return (dest / "status.txt").read_text()
 
 
@@ -393,9 +399,7 @@ def up() -> int:
         boot = local_cloud(image_dir)
         steps.start(f"Jobs: {JOBS} jobs submitted on {HEAD}")
         cluster = submit()
-        execute_config = pool.render_execute_config(HEAD_ADDRESS, TRUST_DOMAIN,
-                                                    {"HepSite": "demo", "HepCloud": CLOUD}, pool.WORKER_CONFIG)
-        values = scale_vars(boot, execute_config)
+        values = scale_vars(boot)
         steps.start("Scaling: hepinfra.cloud.scale cycles until the jobs ran and the workers retired")
         figures = scaling(values)
         ran_on = sorted(set(head("sh", "-c", "cat out/job.*", user=SUBMIT_USER).split()) - {"ran", "on"})
