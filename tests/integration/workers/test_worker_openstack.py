@@ -215,8 +215,7 @@ def test_a_scaling_cycle_reads_novas_flavors_usage_and_quota(os_cloud, alpha, ht
         alpha.compute.delete_server(other, ignore_missing=True)
 
 
-def test_a_cycle_warns_of_an_application_credential_close_to_expiry(compute, os_cloud, htcondor_pool, run_module,
-                                                                     tmp_path):
+def test_a_cycle_warns_of_an_expiring_application_credential(compute, os_cloud, htcondor_pool, run_module, tmp_path):
     """The scaling modules pass on the clouds' credential warnings: a cycle run from a timer is where an
     expiring application credential is seen first."""
     # pylint: disable=redefined-outer-name
