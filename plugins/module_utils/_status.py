@@ -291,8 +291,12 @@ def render_text(title: str, generated: str, data: dict[str, Any]) -> str:
     for cloud, states in sorted(data["workers"].items()):
         lines.append("  %-20s %s  total %d" % (cloud, "  ".join("%s %d" % (s, states.get(s, 0)) for s in STATES),
                                                sum(states.values())))
+    if not data["workers"]:
+        lines.append("  none")
     backups = data.get("backups")
-    if backups:
+    if not backups:
+        lines.append("backups: no summary of backup.yml")
+    else:
         failed = backups["hosts_failed"] + backups["domains_failed"]
         lines.append("backups: finished %s, %d domains on %d hypervisors, %d failed%s" % (
             backups["finished"], backups["domains"], backups["hosts"], len(failed),

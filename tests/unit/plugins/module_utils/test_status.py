@@ -54,5 +54,9 @@ def test_page_and_text_carry_the_figures():
     text = _status.render_text("Site", "2026-12-04T12:00:00Z", data)
     assert "launched 2, drained 2, deleted 2, cycles with errors 1" in text
     assert "images: 1 on 1 clouds, missing: img@hv1" in text
+    assert "backups: no summary of backup.yml" in text
     empty = _status.render_html("Site", "now", _status.figures([], None, None, None), [])
     assert "No scaling cycles in this window." in empty
+    # after the demo: every worker retired, which worker_info reports as no workers at all
+    retired = _status.render_text("Site", "now", _status.figures(HISTORY, [], None, None))
+    assert "workers (worker_info):\n  none\n" in retired
