@@ -187,12 +187,9 @@ def playbook(name: str, *args: str, inventory: Path | None = None, quiet: bool =
     return output
 
 
-def head(*argv: str, user: str | None = None, input_text: str | None = None, check: bool = True,
-         timeout: float = 120) -> str:
-    options = ["-i"] if input_text is not None else []
-    if user:
-        options += ["--user", user, "--workdir", f"/home/{user}"]
-    return podman.podman("exec", *options, HEAD, *argv, input_text=input_text, check=check, timeout=timeout).stdout
+# demo-head as the test bed's pool hosts are driven: commands as root or as the submit user, condor_submit.
+HEAD_POOL = pool.Pool(central_manager=HEAD_ADDRESS, trust_domain=TRUST_DOMAIN, network=LIBVIRT_NETWORK, bridge=BRIDGE,
+                      container=HEAD, submit_user=SUBMIT_USER, execute_config="")
 
 
 def inventory() -> dict:
@@ -287,9 +284,9 @@ def site() -> None:
     playbook(str(prepare), inventory=inventory_file)
     say("running hepinfra.cloud.site (output follows)")
     playbook("hepinfra.cloud.site", inventory=inventory_file, quiet=False)
-    head("useradd", "--create-home", "--shell", "/bin/sh", SUBMIT_USER, check=False)
-    wait_for(lambda: head("condor_status", "-schedd", "-af", "Name", check=False).strip(), timeout=120, interval=2,
-             what="the schedd in the collector")
+    HEAD_POOL.run(["useradd", "--create-home", "--shell", "/bin/sh", SUBMIT_USER], check=False)
+    wait_for(lambda: HEAD_POOL.run(["condor_status", "-schedd", "-af", "Name"], check=False).stdout.strip(),
+             timeout=120, interval=2, what="the schedd in the collector")
     fetch = ("import urllib.request as u; print(u.build_opener(u.ProxyHandler({'http': 'http://127.0.0.1:3128'}))"
              ".open('http://cvmfs-stratum-one.cern.ch/cvmfs/atlas.cern.ch/.cvmfswhitelist', timeout=30).read().decode())")
     fetched = podman.podman("exec", "demo-squid", "python3", "-c", fetch, check=False).stdout
@@ -331,9 +328,8 @@ def local_cloud(image_dir: Path) -> Path:
 
 
 def submit() -> int:
-    head("mkdir", "-p", "out", user=SUBMIT_USER)
-    out = head("condor_submit", "-terse", "-", user=SUBMIT_USER, input_text=JOB).strip()
-    cluster = int(out.split(".", 1)[0])
+    HEAD_POOL.run(["mkdir", "-p", "out"], user=SUBMIT_USER)
+    cluster = HEAD_POOL.submit(JOB)
     say(f"cluster {cluster}: {JOBS} one-core jobs of 20 s as user {SUBMIT_USER}, accounting group group_{GROUP}.analysis")
     return cluster
 
@@ -402,7 +398,7 @@ def up() -> int:
         values = scale_vars(boot)
         steps.start("Scaling: hepinfra.cloud.scale cycles until the jobs ran and the workers retired")
         figures = scaling(values)
-        ran_on = sorted(set(head("sh", "-c", "cat out/job.*", user=SUBMIT_USER).split()) - {"ran", "on"})
+        ran_on = sorted(set(HEAD_POOL.run(["sh", "-c", "cat out/job.*"], user=SUBMIT_USER).stdout.split()) - {"ran", "on"})
         say(f"{figures['cycles']} cycles in {figures['seconds']:.0f} s; {figures['launched']} workers launched and "
             f"{figures['retired']} retired; the jobs of cluster {cluster} ran on: {', '.join(ran_on)}")
         steps.start("Backup: the central manager's VM")
