@@ -285,8 +285,7 @@ def site() -> None:
     say("running hepinfra.cloud.site (output follows)")
     playbook("hepinfra.cloud.site", inventory=inventory_file, quiet=False)
     HEAD_POOL.run(["useradd", "--create-home", "--shell", "/bin/sh", SUBMIT_USER], check=False)
-    wait_for(lambda: HEAD_POOL.run(["condor_status", "-schedd", "-af", "Name"], check=False).stdout.strip(),
-             timeout=120, interval=2, what="the schedd in the collector")
+    wait_for(lambda: pool.schedds(HEAD_POOL), timeout=120, interval=2, what="the schedd in the collector")
     fetch = ("import urllib.request as u; print(u.build_opener(u.ProxyHandler({'http': 'http://127.0.0.1:3128'}))"
              ".open('http://cvmfs-stratum-one.cern.ch/cvmfs/atlas.cern.ch/.cvmfswhitelist', timeout=30).read().decode())")
     fetched = podman.podman("exec", "demo-squid", "python3", "-c", fetch, check=False).stdout

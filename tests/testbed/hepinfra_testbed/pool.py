@@ -203,10 +203,11 @@ def _healthy(info: Pool) -> bool:
     probe = podman.podman("container", "inspect", "--format", "{{.State.Running}}", info.container, check=False)
     if probe.stdout.strip() != "true":
         return False
-    return bool(_schedds(info))
+    return bool(schedds(info))
 
 
-def _schedds(info: Pool) -> list[str]:
+def schedds(info: Pool) -> list[str]:
+    """Names of the schedds in the pool's collector ([] while there is none or the collector does not answer)."""
     out = info.run(["condor_status", "-schedd", "-af", "Name"], check=False, timeout=30).stdout
     return [line for line in out.split() if line]
 
@@ -413,7 +414,7 @@ def pool_up(reuse: bool = True) -> Pool:
             _deploy(workdir)
             info.run(["useradd", "--create-home", "--shell", "/bin/sh", SUBMIT_USER])
             info.execute_config = render_execute_config(BRIDGE_ADDRESS, TRUST_DOMAIN, None, WORKER_CONFIG)
-            wait_for(lambda: _schedds(info), timeout=120, interval=2, what="the schedd in the pool's collector")
+            wait_for(lambda: schedds(info), timeout=120, interval=2, what="the schedd in the pool's collector")
         except BaseException:
             _pool_down()
             raise
